@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+ARGS    ?=
+
+.PHONY: setup demo test test-slow bench tables reproduce-mini clean
+
+setup: $(STAMP)
+
+# torchaudio 2.9 needs torch 2.9.1: install torch/torchvision first, then torchaudio,
+# then the project itself (editable, with test extras). Re-runs only when pyproject changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.9.1 torchvision==0.24.1
+	$(BIN)/pip install -q torch==2.9.1 'torchaudio==2.9.*'
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/qexp train $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+bench: setup
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/qexp bench $(ARGS)
+
+tables: setup
+	$(BIN)/qexp tables $(ARGS)
+
+reproduce-mini: setup
+	$(BIN)/qexp reproduce --mini $(ARGS)
+
+clean:
+	rm -rf runs outputs multirun .pytest_cache

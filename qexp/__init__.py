@@ -1,0 +1,3 @@
+"""qexp: an experiment runner for weight quantization of deep networks."""
+
+__version__ = "0.1.0"

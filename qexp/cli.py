@@ -1,0 +1,116 @@
+"""``qexp`` command line: a thin layer that hands work to Hydra or the report layer."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+from qexp.errors import QexpError
+
+SUBCOMMANDS = {
+    "train": "train one run, or a sweep with -m (Hydra overrides: group=option key=value)",
+    "export": "write the packed (bit-exact, k-bit) model of a finished run: qexp export RUN_DIR",
+}
+
+
+def _usage() -> str:
+    from qexp.config import GROUPS, group_options
+
+    lines = [
+        "usage: qexp <command> [args]",
+        "",
+        "qexp reproduces weight-quantization papers: compose dataset x model x quantizer, train,",
+        "and record accuracy against memory reduction measured from the packed export.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<10} {text}" for name, text in SUBCOMMANDS.items()]
+    lines += ["", "config groups (qexp train group=option):"]
+    for group in GROUPS:
+        lines.append(f"  {group:<10} {', '.join(group_options(group)) or '-'}")
+    lines += [
+        "",
+        "top-level keys: bits=<1..32> (weight bits, used by every quantizer), seed=<int>",
+        "",
+        "examples:",
+        "  qexp train                                      # digits + MLP + FP32 (embedded default)",
+        "  qexp train quant=uniform bits=4 quant.skip=[]   # 4-bit weights in every layer",
+        "  qexp train -m quant=fp32,uniform bits=2,4       # sweep: one run per combination",
+        "  qexp train --help                               # every key with its default",
+        "  qexp export runs/2026-11-25/12-00-00            # packed model of a run",
+    ]
+    return "\n".join(lines)
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _hydra_train(argv: list[str]) -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    from qexp.config import config_dir
+
+    @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from qexp.engine.trainer import Preempted
+        from qexp.run import train
+
+        try:
+            train(cfg, HydraConfig.get().runtime.output_dir)
+        except QexpError as exc:
+            fail(str(exc), exc.exit_code)
+        except Preempted as exc:
+            fail(f"preempted: {exc}; run the same command again to resume", 75)
+
+    sys.argv = ["qexp train", *argv]
+    _main()
+
+
+def cmd_train(argv: list[str]) -> None:
+    if any(a in ("-h", "--help", "--hydra-help", "--info") or a.startswith(("--cfg", "-c=")) for a in argv):
+        return _hydra_train(argv)
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if not a.startswith("-")]
+    from qexp.config import check_overrides
+
+    check_overrides(overrides, multirun=multirun)  # fail fast, before Hydra creates any folder
+    _hydra_train(argv)
+
+
+def cmd_export(argv: list[str]) -> None:
+    from qexp.export import main as export_main
+
+    export_main(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.captureWarnings(True)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return
+    cmd, rest = argv[0], argv[1:]
+    handlers = {"train": cmd_train, "export": cmd_export}
+    if cmd not in handlers:
+        fail(f"unknown command '{cmd}'; allowed: {', '.join(SUBCOMMANDS)} (see qexp --help)")
+    try:
+        handlers[cmd](rest)
+    except QexpError as exc:
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug: show where, then a one-line summary
+        traceback.print_exc()
+        fail(f"{type(exc).__name__}: {exc}", 1)
+
+
+if __name__ == "__main__":
+    main()

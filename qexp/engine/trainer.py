@@ -1,0 +1,396 @@
+"""The training loop: stages x epochs x steps, evaluation, checkpoints, resume, faults.
+
+One loop serves every task (the task object defines loss and metrics) and every quantizer
+(the quant handle defines stages).  Checkpoints hold everything needed to continue
+bit-identically: model (incl. quantizer buffers), optimizer, LR schedule, AMP scaler, RNG
+states, stage/epoch/step and the sampler position.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from qexp.data.bundle import DataBundle
+from qexp.engine import checkpoint as ckpt
+from qexp.engine.logging import Logger
+from qexp.engine.sampling import ResumableSampler
+from qexp.errors import NumericalError, QexpError
+from qexp.quant.base import QuantHandle
+from qexp.report.store import write_status
+from qexp.tasks.base import to_device
+
+log = logging.getLogger("qexp")
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "step", "cosine")
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGUSR1 arrived: a checkpoint was written; the job can be requeued and resumed."""
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device(f"cuda:{local}")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov) / Adam / AdamW; weight decay skips biases and norm parameters."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def lr_factor(cfg: Any, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Multiplier of the base LR at ``step`` of a stage: linear warm-up, then step/cosine decay."""
+    total = max(1, steps_per_epoch * epochs)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.scheduler == "cosine":
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    if cfg.scheduler == "step":
+        epoch = step // max(1, steps_per_epoch)
+        if cfg.milestones:
+            return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+        return cfg.gamma ** (epoch // max(1, cfg.step_size))
+    return 1.0
+
+
+def stage_epochs(handle: QuantHandle | None, epochs: int) -> list[int]:
+    """Epochs per stage: the quantizer's ``stage_epochs`` or ``trainer.epochs`` split evenly."""
+    stages = handle.stages if handle is not None else [{}]
+    if handle is not None and handle.stage_epochs:
+        return list(handle.stage_epochs)
+    n = len(stages)
+    base = max(1, epochs // n)
+    plan = [base] * n
+    plan[-1] = max(1, epochs - base * (n - 1))
+    return plan
+
+
+def first_nonfinite_param(model: nn.Module) -> str | None:
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            return name.replace(".parametrizations.", ".").replace(".original", "")
+    return None
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+
+class Trainer:
+    def __init__(self, cfg: Any, run_dir: str | Path, seed: int, dist: Dist | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.seed = seed
+        self.dist = dist or Dist()
+        self.device = pick_device(cfg.device)
+        self.logger = Logger(self.run_dir, enabled=self.dist.is_main, progress=cfg.progress)
+        self._stop_signal: int | None = None
+
+    # -- helpers --------------------------------------------------------------------------
+    def _loader(self, dataset, bundle: DataBundle, train: bool, sampler=None) -> DataLoader:
+        cuda = self.device.type == "cuda"
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size if train else self.cfg.eval_batch_size,
+            sampler=sampler,
+            shuffle=False,
+            drop_last=False,
+            num_workers=workers,
+            pin_memory=cuda,
+            persistent_workers=workers > 0 and train,
+            collate_fn=bundle.collate_fn,
+            generator=torch.Generator().manual_seed(self.seed),  # keep the global RNG untouched
+        )
+
+    def _evaluate(self, model: nn.Module, bundle: DataBundle, dataset) -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            out = bundle.task.evaluate(model, self._loader(dataset, bundle, train=False), self.device)
+        model.train()
+        return out
+
+    def evaluate_tests(self, model: nn.Module, bundle: DataBundle) -> dict[str, float]:
+        sets = bundle.test_sets()
+        out: dict[str, float] = {}
+        for i, (name, ds) in enumerate(sets.items()):
+            metrics = self._evaluate(model, bundle, ds)
+            if i == 0:
+                out.update(metrics)
+            if len(sets) > 1:
+                out.update({f"{k}_{name}": v for k, v in metrics.items()})
+        return out
+
+    def _on_signal(self, signum, frame):  # noqa: ARG002
+        self._stop_signal = signum
+
+    def _status(self, **fields):
+        if self.dist.is_main:
+            write_status(self.run_dir, "running", **fields)
+
+    # -- the loop -------------------------------------------------------------------------
+    def fit(self, model: nn.Module, bundle: DataBundle, handle: QuantHandle | None,
+            hparams: dict[str, Any] | None = None) -> dict[str, Any]:
+        cfg, task = self.cfg, bundle.task
+        model.to(self.device)
+        if cfg.channels_last and self.device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        train_model: nn.Module = model
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            train_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            train_model = torch.compile(train_model)
+        sampler = ResumableSampler(len(bundle.train), self.seed, shuffle=True, rank=self.dist.rank,
+                                   world_size=self.dist.world_size)
+        plan = stage_epochs(handle, cfg.epochs)
+        flat = [(s, e) for s, n in enumerate(plan) for e in range(n)]
+        steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
+        if cfg.max_steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+        amp = cfg.amp and self.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None,
+                 "history": [], "stage": 0}
+        optimizer = scheduler = None
+
+        def new_optimizer(stage_idx: int):
+            opt = make_optimizer(cfg, model)
+            n_ep = plan[stage_idx]
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch, n_ep))
+            return opt, sched
+
+        resumed = self._maybe_resume()
+        if resumed is not None:
+            state.update({k: resumed[k] for k in state})
+            if handle is not None:
+                handle.set_stage(state["stage"])
+            model.load_state_dict(resumed["model"])
+            optimizer, scheduler = new_optimizer(state["stage"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            scheduler.load_state_dict(resumed["scheduler"])
+            scaler.load_state_dict(resumed["scaler"])
+            set_rng_state(resumed["rng"])
+            log.info("resumed from %s at epoch %d step %d", resumed["_path"], state["epoch"], state["step_in_epoch"])
+
+        def checkpoint_state() -> dict[str, Any]:
+            return {
+                **state,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+                "plan": plan,
+            }
+
+        def save():
+            if self.dist.is_main:
+                ckpt.rotate_and_save(self.ckpt_dir, checkpoint_state())
+
+        old_handlers = {}
+        if cfg.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                try:
+                    old_handlers[sig] = signal.signal(sig, self._on_signal)
+                except ValueError:  # not in the main thread
+                    break
+        t0 = time.time()
+        try:
+            model.train()
+            for gi in range(state["epoch"], len(flat)):
+                stage_idx, _ = flat[gi]
+                if optimizer is None or stage_idx != state["stage"]:
+                    if handle is not None and (stage_idx != state["stage"] or optimizer is None):
+                        handle.set_stage(stage_idx)
+                    if optimizer is None or cfg.restart_lr_per_stage:
+                        optimizer, scheduler = new_optimizer(stage_idx)
+                    state["stage"] = stage_idx
+                start = state["step_in_epoch"]
+                sampler.set_epoch(gi, start * cfg.batch_size)
+                loader = self._loader(bundle.train, bundle, train=True, sampler=sampler)
+                total = steps_per_epoch - start
+                bar = self.logger.bar(loader, total=total, desc=f"epoch {gi + 1}/{len(flat)}")
+                loss_sum = torch.zeros((), device=self.device)
+                count = 0
+                for i, batch in enumerate(bar):
+                    if i >= total:
+                        break
+                    batch = to_device(batch, self.device)
+                    with torch.autocast(self.device.type, enabled=amp):
+                        loss, n = task.loss(train_model, batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if cfg.grad_clip > 0:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    loss_sum += loss.detach() * n
+                    count += n
+                    state["global_step"] += 1
+                    state["step_in_epoch"] += 1
+                    gs = state["global_step"]
+                    if gs % cfg.log_every == 0 or i == total - 1:
+                        value = loss.item()
+                        if not math.isfinite(value):
+                            layer = first_nonfinite_param(model)
+                            where = f"weights of layer {layer} are non-finite" if layer else "weights are finite"
+                            raise NumericalError(
+                                f"loss became {value} by step {gs} (epoch {gi + 1}); {where}; "
+                                f"lower trainer.lr or enable trainer.grad_clip (last good checkpoint kept)"
+                            )
+                        bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                        self.logger.scalars({"train/loss": value, "train/lr": scheduler.get_last_lr()[0]}, gs)
+                    if cfg.checkpoint_every_steps and gs % cfg.checkpoint_every_steps == 0:
+                        save()
+                        self._status(epoch=gi + 1, step=gs, stage=stage_idx)
+                    if self._stop_signal is not None:
+                        save()
+                        raise Preempted(f"received signal {self._stop_signal} at step {gs}; checkpoint saved")
+                bar.close()
+                # end of epoch: evaluate, log, checkpoint
+                train_loss = (loss_sum / max(count, 1)).item()
+                if not math.isfinite(train_loss):
+                    layer = first_nonfinite_param(model)
+                    raise NumericalError(f"loss became {train_loss} in epoch {gi + 1}"
+                                         + (f"; weights of layer {layer} are non-finite" if layer else "")
+                                         + "; lower trainer.lr or enable trainer.grad_clip")
+                entry = {"epoch": gi + 1, "stage": stage_idx, "train_loss": train_loss,
+                         "lr": scheduler.get_last_lr()[0]}
+                if self.dist.is_main:
+                    val = self._evaluate(model, bundle, bundle.val)
+                    entry.update({f"val_{k}": v for k, v in val.items()})
+                    self.logger.scalars({f"val/{k}": v for k, v in val.items()} | {"train/epoch_loss": train_loss},
+                                        state["global_step"])
+                    metric = val[task.metric]
+                    if state["best_metric"] is None or task.better(metric, state["best_metric"]):
+                        # the best checkpoint is taken from the last stage only: earlier stages
+                        # are not fully quantized yet
+                        if stage_idx == len(plan) - 1:
+                            state["best_metric"], state["best_epoch"] = metric, gi + 1
+                            ckpt.save_checkpoint(self.ckpt_dir / "best.pt",
+                                                 {"model": model.state_dict(), "epoch": gi + 1, "val": val})
+                    log.info("epoch %d/%d stage %d  loss %.4f  val %s %.4f", gi + 1, len(flat), stage_idx,
+                             train_loss, task.metric, metric)
+                state["history"].append(entry)
+                state["epoch"] = gi + 1
+                state["step_in_epoch"] = 0
+                save()
+                self._status(epoch=gi + 1, step=state["global_step"], stage=stage_idx)
+                if self.dist.world_size > 1:
+                    torch.distributed.barrier()
+        finally:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+        train_s = time.time() - t0
+
+        result: dict[str, Any] = {"history": state["history"], "epochs": len(flat), "steps": state["global_step"],
+                                  "plan": plan, "train_s": train_s}
+        if self.dist.is_main:
+            result["final"] = self.evaluate_tests(model, bundle)
+            result["final_val"] = self._evaluate(model, bundle, bundle.val)
+            best_path = self.ckpt_dir / "best.pt"
+            if best_path.exists():
+                last_state = {k: v.clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(ckpt.load_checkpoint(best_path)["model"])
+                result["best"] = self.evaluate_tests(model, bundle)
+                result["best_epoch"] = state["best_epoch"]
+                model.load_state_dict(last_state)
+            else:
+                result["best"], result["best_epoch"] = dict(result["final"]), len(flat)
+            self.logger.scalars({f"test/{k}": v for k, v in result["final"].items()}, state["global_step"])
+            self.logger.hparams(hparams or {}, {f"test_{k}": v for k, v in result["final"].items()})
+        self.logger.close()
+        return result
+
+    def _maybe_resume(self) -> dict[str, Any] | None:
+        mode = str(self.cfg.resume)
+        if mode in ("never", "false", "False"):
+            return None
+        if mode == "auto":
+            found = ckpt.latest_valid(self.ckpt_dir)
+            if found is None:
+                return None
+            path, state = found
+        else:
+            path = Path(mode)
+            if not path.exists():
+                raise QexpError(f"trainer.resume={mode}: no such checkpoint; use auto, never or a checkpoint path")
+            try:
+                state = ckpt.load_checkpoint(path)
+            except ckpt.CorruptCheckpoint as exc:
+                raise QexpError(f"trainer.resume: {exc}") from None
+        state["_path"] = str(path)
+        return state

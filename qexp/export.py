@@ -1,0 +1,99 @@
+"""``qexp export RUN_DIR``: the packed model of a finished run, and loading it back.
+
+The export holds bit-packed codes + side tensors for quantized weights and FP32 tensors for
+the rest (``report.memory``), plus the resolved config needed to rebuild the architecture.
+``load_exported`` decodes it into a plain float model whose weights are bit-identical to the
+quantized weights the run trained with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from qexp.engine.checkpoint import latest_valid
+from qexp.errors import QexpError
+from qexp.quant.base import apply_quantization
+from qexp.report.memory import decode_export, export_packed, export_payload_bytes
+from qexp.report.store import RECORD, atomic_write_bytes, read_record
+
+EXPORT_NAME = "model.qexp.pt"
+
+
+def _quantizer_factory(quant_cfg: dict[str, Any]):
+    q = {k: v for k, v in quant_cfg.items() if k not in ("name", "skip", "stage_epochs", "act_bits")}
+    target = q.pop("_target_", None)
+    if target is None:
+        return lambda: None
+    from hydra.utils import get_class
+
+    cls = get_class(target)
+    return lambda: cls(**q)
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    run_dir = Path(run_dir)
+    record = read_record(run_dir / RECORD)
+    if record is None or record.get("status") != "completed":
+        raise QexpError(f"{run_dir} has no completed record.json; export needs a finished run (qexp train ...)")
+    cfg = OmegaConf.create(record["config"])
+    found = latest_valid(run_dir / "checkpoints")
+    if found is None:
+        raise QexpError(f"{run_dir}/checkpoints has no valid checkpoint to export")
+    _, state = found
+    model = instantiate(cfg.model, **record["model_kwargs"], _convert_="all")
+    handle = apply_quantization(model, cfg.quant)
+    model.load_state_dict(state["model"])
+    export = export_packed(model, handle, extra={
+        "config": record["config"], "model_kwargs": record["model_kwargs"], "metric": record["metric"],
+        "final": record["final"],
+    })
+    buf = io.BytesIO()
+    torch.save(export, buf)
+    path = Path(out) if out else run_dir / EXPORT_NAME
+    atomic_write_bytes(path, buf.getvalue())
+    return path, export
+
+
+def load_exported(path: str | Path) -> torch.nn.Module:
+    """A plain (unparametrized) float model holding the decoded quantized weights."""
+    try:
+        export = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise QexpError(f"{path} is not a readable qexp export ({type(exc).__name__})") from None
+    cfg = OmegaConf.create(export["config"])
+    model = instantiate(cfg.model, **export["model_kwargs"], _convert_="all")
+    quant = OmegaConf.to_container(cfg.quant, resolve=True)
+    state = decode_export(export, _quantizer_factory(quant))
+    model.load_state_dict(state)
+    return model
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="qexp export", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a run directory with record.json and checkpoints/")
+    parser.add_argument("--out", help=f"output file (default RUN_DIR/{EXPORT_NAME})")
+    parser.add_argument("--no-verify", action="store_true", help="skip re-evaluating the exported model")
+    args = parser.parse_args(argv)
+    path, export = export_run(args.run_dir, args.out)
+    print(f"packed model: {path} ({export_payload_bytes(export)} payload bytes)")
+    if args.no_verify:
+        return
+    from qexp.engine.trainer import Trainer
+    from qexp.run import build_data
+
+    cfg = OmegaConf.create(export["config"])
+    model = load_exported(path)
+    bundle = build_data(cfg)
+    cfg.trainer.progress = False
+    trainer = Trainer(cfg.trainer, Path(args.run_dir) / "export_check", cfg.seed)
+    trainer.logger.close()
+    metrics = trainer.evaluate_tests(model.to(trainer.device), bundle)
+    m = export["metric"]
+    print(f"exported model test {m}: {metrics[m]:.6f} (record: {export['final'][m]:.6f})")

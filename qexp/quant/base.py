@@ -1,0 +1,288 @@
+"""The quantizer contract and the one verb that applies it to a model.
+
+A quantizer is an ``nn.Module`` that maps a float weight to its quantized value.  It is put
+between a parameter and its use with ``torch.nn.utils.parametrize``, so the float "shadow"
+weight stays the trained parameter and gradients reach it through a straight-through
+estimator (STE).  Every quantizer also defines ``encode``/``decode``: integer codes that are
+bit-packed at ``bits`` bits plus the small float tensors (scales, zero points) needed to
+rebuild the quantized weight bit-exactly.  ``report.memory`` measures those packed bytes.
+
+Schedules (SQ ratios, INQ partitions, ternary retraining phases) are *stages*: a quantizer
+publishes ``stage_plan()`` and the trainer calls ``set_stage(i)`` at each stage boundary.
+Stage state lives in buffers, so checkpoints carry it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from qexp.errors import QexpError
+from qexp.quant.pack import pack_codes, unpack_codes
+
+QUANTIZABLE_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.RNNBase,
+)
+
+
+@dataclass
+class Packed:
+    """A quantized tensor as stored in the export: bit-packed codes plus float side tensors."""
+
+    shape: tuple[int, ...]
+    bits: int
+    numel: int  # number of coded elements
+    codes: bytes
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.codes) + sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "shape": list(self.shape),
+            "bits": self.bits,
+            "numel": self.numel,
+            "codes": torch.frombuffer(bytearray(self.codes), dtype=torch.uint8)
+            if self.codes
+            else torch.empty(0, dtype=torch.uint8),
+            "tensors": {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()},
+            "meta": dict(self.meta),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Packed":
+        return cls(
+            shape=tuple(state["shape"]),
+            bits=int(state["bits"]),
+            numel=int(state["numel"]),
+            codes=state["codes"].numpy().tobytes(),
+            tensors=dict(state["tensors"]),
+            meta=dict(state["meta"]),
+        )
+
+
+def channel_view(w: torch.Tensor) -> torch.Tensor:
+    """Weights as (out_channels, fan_in): one row per output filter/neuron."""
+    if w.dim() == 0:
+        return w.reshape(1, 1)
+    return w.reshape(w.shape[0], -1)
+
+
+def per_row(stat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Broadcast a per-output-channel statistic of shape (C,) against ``w``."""
+    return stat.reshape((-1,) + (1,) * (w.dim() - 1)) if w.dim() > 0 else stat.reshape(())
+
+
+class Quantizer(nn.Module):
+    """Base class.  Subclasses implement ``compute_codes`` and ``dequantize``.
+
+    ``quantize`` and ``decode`` both go through ``dequantize``, so the value seen in training
+    and the value rebuilt from the packed export are the same floating-point numbers.
+    """
+
+    #: short name used in records and tables
+    kind = "base"
+
+    def __init__(self, bits: int, per_channel: bool = True):
+        super().__init__()
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 32:
+            raise QexpError(f"bits={bits!r} is out of range; allowed: an integer 1..32")
+        self.bits = int(bits)
+        self.per_channel = bool(per_channel)
+        self.register_buffer("enabled", torch.tensor(True))
+
+    # -- the part subclasses define ---------------------------------------------------------
+    def compute_codes(self, w: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Integer codes in [0, 2**bits) with ``w``'s shape, and the side tensors."""
+        raise NotImplementedError
+
+    def dequantize(
+        self, codes: torch.Tensor, params: dict[str, torch.Tensor], w_like: torch.Tensor
+    ) -> torch.Tensor:
+        """Float weight rebuilt from codes and side tensors (same dtype/device as ``w_like``)."""
+        raise NotImplementedError
+
+    def attach(self, w: torch.Tensor) -> None:
+        """Called once with the float weight before training: allocate shape-dependent buffers
+        here so checkpoints can be loaded into a freshly built model.  Default: none needed."""
+        self.weight_shape = tuple(w.shape)
+
+    # -- schedules ----------------------------------------------------------------------------
+    def stage_plan(self) -> list[dict[str, Any]]:
+        """One dict per training stage; the default is a single stage."""
+        return [{}]
+
+    def set_stage(self, index: int) -> None:
+        """Called by the trainer at the start of stage ``index`` (default: nothing changes)."""
+        self.stage = index
+
+    # -- derived ------------------------------------------------------------------------------
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        codes, params = self.compute_codes(w.detach())
+        return self.dequantize(codes, params, w)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not bool(self.enabled):
+            return w
+        return ste(w, self.quantize(w))
+
+    def encode(self, w: torch.Tensor) -> Packed:
+        w = w.detach()
+        codes, params = self.compute_codes(w)
+        return Packed(
+            shape=tuple(w.shape),
+            bits=self.bits,
+            numel=codes.numel(),
+            codes=pack_codes(codes, self.bits),
+            tensors={k: v.detach().cpu() for k, v in params.items()},
+            meta={"kind": self.kind},
+        )
+
+    def decode(self, packed: Packed, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        codes = unpack_codes(packed.codes, packed.bits, packed.numel).reshape(packed.shape)
+        like = torch.empty(packed.shape, dtype=dtype)
+        return self.dequantize(codes, dict(packed.tensors), like)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, per_channel={self.per_channel}"
+
+
+def ste(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Straight-through estimator: forward ``q``, gradient of the identity to ``w``."""
+    return w + (q - w).detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# applying a quantizer to a model
+# ----------------------------------------------------------------------------------------------
+
+
+def quantizable_params(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(module name, module, parameter name) for every weight a quantizer may own, in order."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.RNNBase):
+            for pname in module._flat_weights_names:
+                if pname.startswith("weight"):
+                    found.append((name, module, pname))
+        elif isinstance(module, QUANTIZABLE_LAYERS):
+            found.append((name, module, "weight"))
+    return found
+
+
+def original_weight(module: nn.Module, pname: str) -> torch.Tensor:
+    """The float (shadow) parameter behind a possibly parametrized weight."""
+    if parametrize.is_parametrized(module, pname):
+        return module.parametrizations[pname].original
+    return getattr(module, pname)
+
+
+def _resolve_skip(entries: list[tuple[str, nn.Module, str]], skip: list[str]) -> set[str]:
+    keys = [f"{m}.{p}" if m else p for m, _, p in entries]
+    modules = [m for m, _, _ in entries]
+    skipped: set[str] = set()
+    for item in skip:
+        item = str(item)
+        if item == "first" and keys:
+            skipped.update(k for k, m in zip(keys, modules) if m == modules[0])
+        elif item == "last" and keys:
+            skipped.update(k for k, m in zip(keys, modules) if m == modules[-1])
+        elif item in keys:
+            skipped.add(item)
+        elif item in modules:
+            skipped.update(k for k, m in zip(keys, modules) if m == item)
+        else:
+            allowed = ", ".join(["first", "last"] + sorted(set(modules)))
+            raise QexpError(f"quant.skip names '{item}', which is not a quantizable layer of this model; allowed: {allowed}")
+    return skipped
+
+
+@dataclass
+class QuantHandle:
+    """What ``apply_quantization`` attached: the quantizers by parameter key, and the stages."""
+
+    name: str
+    quantizers: dict[str, Quantizer]
+    owners: dict[str, tuple[nn.Module, str]]
+    skipped: list[str]
+    stages: list[dict[str, Any]]
+    stage_epochs: list[int] | None = None
+
+    def set_stage(self, index: int) -> None:
+        for q in self.quantizers.values():
+            q.set_stage(index)
+
+    def float_weights(self) -> dict[str, torch.Tensor]:
+        return {k: original_weight(m, p) for k, (m, p) in self.owners.items()}
+
+    def encode_all(self) -> dict[str, Packed]:
+        return {k: self.quantizers[k].encode(w) for k, w in self.float_weights().items()}
+
+    @property
+    def bits(self) -> int | None:
+        return next((q.bits for q in self.quantizers.values()), None)
+
+
+def apply_quantization(model: nn.Module, quant_cfg: Any) -> QuantHandle:
+    """Attach one quantizer per quantizable weight, following ``quant_cfg`` (the ``quant`` group).
+
+    ``quant_cfg`` holds ``_target_`` (the quantizer class, or null for fp32), ``skip`` and the
+    quantizer's own keys.  ``stage_epochs`` (optional) sets the epochs of each stage.
+    """
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(quant_cfg, resolve=True) if not isinstance(quant_cfg, dict) else dict(quant_cfg)
+    name = str(cfg.pop("name", cfg.get("_target_") or "fp32"))
+    target = cfg.pop("_target_", None)
+    skip = list(cfg.pop("skip", []) or [])
+    stage_epochs = cfg.pop("stage_epochs", None)
+    cfg.pop("act_bits", None)
+    entries = quantizable_params(model)
+    skipped = _resolve_skip(entries, skip)
+    if target is None:
+        return QuantHandle(name, {}, {}, sorted(skipped), [{}], None)
+    cls = get_class(target)
+    quantizers: dict[str, Quantizer] = {}
+    owners: dict[str, tuple[nn.Module, str]] = {}
+    for mname, module, pname in entries:
+        key = f"{mname}.{pname}" if mname else pname
+        if key in skipped:
+            continue
+        try:
+            q = cls(**cfg)
+        except TypeError as exc:
+            raise QexpError(f"quant={name}: {exc}") from None
+        weight = getattr(module, pname)
+        q.attach(weight.detach())
+        q.to(weight.device)
+        parametrize.register_parametrization(module, pname, q, unsafe=True)
+        quantizers[key] = q
+        owners[key] = (module, pname)
+    if not quantizers:
+        raise QexpError(f"quant={name} quantizes no layer of this model (quant.skip={skip}); use quant.skip=[] or quant=fp32")
+    first = next(iter(quantizers.values()))
+    stages = first.stage_plan()
+    if stage_epochs is not None:
+        stage_epochs = [int(e) for e in (stage_epochs if isinstance(stage_epochs, list) else [stage_epochs] * len(stages))]
+        if len(stage_epochs) != len(stages) or any(e < 1 for e in stage_epochs):
+            raise QexpError(
+                f"quant.stage_epochs={stage_epochs} must be one positive integer per stage ({len(stages)} stages)"
+            )
+    handle = QuantHandle(name, quantizers, owners, sorted(skipped), stages, stage_epochs)
+    handle.set_stage(0)
+    return handle
+

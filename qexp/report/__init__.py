@@ -1,0 +1,1 @@
+"""Everything that turns a finished model or a folder of runs into numbers: sizes, records, tables."""
