@@ -229,10 +229,16 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 def check_overrides(overrides: list[str], multirun: bool = False) -> list[DictConfig]:
     """Compose and validate every job of the command line; raise QexpError on the first problem."""
     ours = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    try:
-        jobs = expand_sweep(ours) if multirun else [ours]
-    except Exception as exc:  # noqa: BLE001 - parse errors
-        raise QexpError(f"cannot parse overrides: {_one_line(exc)}") from None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for o in ours:
+        try:
+            parser.parse_overrides([o])
+        except Exception as exc:  # noqa: BLE001 - grammar errors
+            text = _one_line(exc).split(" See https://")[0]
+            raise QexpError(f"cannot parse overrides: '{o}': {text} (form: key=value, group=option, key=[a,b])") from None
+    jobs = expand_sweep(ours) if multirun else [ours]
     configs = []
     for job in jobs:
         try:

@@ -221,7 +221,7 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None,
-                 "history": [], "stage": 0}
+                 "history": [], "stage": 0, "epoch_loss_sum": 0.0, "epoch_count": 0}
         optimizer = scheduler = None
 
         def new_optimizer(stage_idx: int):
@@ -255,6 +255,7 @@ class Trainer:
             }
 
         def save():
+            state["epoch_loss_sum"], state["epoch_count"] = float(loss_sum), count
             if self.dist.is_main:
                 ckpt.rotate_and_save(self.ckpt_dir, checkpoint_state())
 
@@ -281,8 +282,10 @@ class Trainer:
                 loader = self._loader(bundle.train, bundle, train=True, sampler=sampler)
                 total = steps_per_epoch - start
                 bar = self.logger.bar(loader, total=total, desc=f"epoch {gi + 1}/{len(flat)}")
-                loss_sum = torch.zeros((), device=self.device)
-                count = 0
+                # running loss of this epoch (restored when resuming mid-epoch)
+                loss_sum = torch.tensor(state["epoch_loss_sum"] if start else 0.0, dtype=torch.float64,
+                                        device=self.device)
+                count = state["epoch_count"] if start else 0
                 for i, batch in enumerate(bar):
                     if i >= total:
                         break
@@ -347,6 +350,7 @@ class Trainer:
                 state["history"].append(entry)
                 state["epoch"] = gi + 1
                 state["step_in_epoch"] = 0
+                loss_sum, count = torch.zeros((), dtype=torch.float64), 0
                 save()
                 self._status(epoch=gi + 1, step=state["global_step"], stage=stage_idx)
                 if self.dist.world_size > 1:

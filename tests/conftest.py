@@ -1,0 +1,34 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# fast, quiet runs in tests
+FAST = ["trainer.progress=false"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``qexp <args>`` in a subprocess (the way a user does)."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "qexp", *args], cwd=cwd or ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=e)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def compose_cfg():
+    from qexp.config import compose
+
+    def _compose(*overrides: str):
+        return compose([*FAST, *overrides])
+
+    return _compose
