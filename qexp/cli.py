@@ -10,6 +10,7 @@ from qexp.errors import QexpError
 
 SUBCOMMANDS = {
     "train": "train one run, or a sweep with -m (Hydra overrides: group=option key=value)",
+    "sbatch": "print the sbatch script a SLURM sweep job would get: qexp sbatch [overrides]",
     "export": "write the packed (bit-exact, k-bit) model of a finished run: qexp export RUN_DIR",
 }
 
@@ -83,6 +84,12 @@ def cmd_train(argv: list[str]) -> None:
     _hydra_train(argv)
 
 
+def cmd_sbatch(argv: list[str]) -> None:
+    from qexp.launch import sbatch_script
+
+    print(sbatch_script([a for a in argv if not a.startswith("-")]))
+
+
 def cmd_export(argv: list[str]) -> None:
     from qexp.export import main as export_main
 
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage())
         return
     cmd, rest = argv[0], argv[1:]
-    handlers = {"train": cmd_train, "export": cmd_export}
+    handlers = {"train": cmd_train, "export": cmd_export, "sbatch": cmd_sbatch}
     if cmd not in handlers:
         fail(f"unknown command '{cmd}'; allowed: {', '.join(SUBCOMMANDS)} (see qexp --help)")
     try:

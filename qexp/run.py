@@ -24,6 +24,7 @@ from qexp.config import validate
 from qexp.data.bundle import DataBundle
 from qexp.engine.trainer import Dist, Preempted, Trainer, seed_everything
 from qexp.errors import QexpError
+from qexp.launch import slurm_dist_env
 from qexp.quant.base import QuantHandle, apply_quantization
 from qexp.report.memory import measure_memory
 from qexp.report.store import RECORD, git_commit, read_record, write_record, write_status
@@ -94,6 +95,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any] | None:
     run_dir = Path(run_dir)
     t0 = time.time()
     validate(cfg)
+    slurm_dist_env()
     dist = Dist.from_env()
     if cfg.skip_completed:
         old = read_record(run_dir / RECORD)

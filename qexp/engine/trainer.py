@@ -261,7 +261,8 @@ class Trainer:
 
         old_handlers = {}
         if cfg.handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGUSR1):
+            # SIGTERM: SLURM preemption / scancel; SIGUSR1/2: time limit warnings (submitit: USR2)
+            for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
                 try:
                     old_handlers[sig] = signal.signal(sig, self._on_signal)
                 except ValueError:  # not in the main thread
@@ -321,6 +322,10 @@ class Trainer:
                         self._status(epoch=gi + 1, step=gs, stage=stage_idx)
                     if self._stop_signal is not None:
                         save()
+                        self._status(epoch=gi + 1, step=gs, stage=stage_idx, preempted=self._stop_signal)
+                        previous = old_handlers.get(self._stop_signal)
+                        if callable(previous):  # e.g. submitit's handler: requeue the job
+                            previous(self._stop_signal, None)
                         raise Preempted(f"received signal {self._stop_signal} at step {gs}; checkpoint saved")
                 bar.close()
                 # end of epoch: evaluate, log, checkpoint
