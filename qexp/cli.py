@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from pathlib import Path
 
 from qexp.errors import QexpError
 
 SUBCOMMANDS = {
     "train": "train one run, or a sweep with -m (Hydra overrides: group=option key=value)",
+    "tables": "regenerate each paper's tables beside the paper's numbers: qexp tables [--paper KEY] [--runs DIR]",
+    "reproduce": "run the CPU-sized reproduction sweeps and regenerate results/: qexp reproduce --mini",
     "sbatch": "print the sbatch script a SLURM sweep job would get: qexp sbatch [overrides]",
     "export": "write the packed (bit-exact, k-bit) model of a finished run: qexp export RUN_DIR",
 }
@@ -81,13 +84,40 @@ def cmd_train(argv: list[str]) -> None:
     from qexp.config import check_overrides
 
     check_overrides(overrides, multirun=multirun)  # fail fast, before Hydra creates any folder
-    _hydra_train(argv)
+    from qexp.run import agree_on_output_dir
+
+    _hydra_train(agree_on_output_dir(argv, multirun))  # torchrun/srun: one run dir for all ranks
 
 
 def cmd_sbatch(argv: list[str]) -> None:
     from qexp.launch import sbatch_script
 
     print(sbatch_script([a for a in argv if not a.startswith("-")]))
+
+
+def cmd_tables(argv: list[str]) -> None:
+    import argparse
+
+    from qexp.report.tables import PAPERS, make_tables
+
+    parser = argparse.ArgumentParser(prog="qexp tables", description="Regenerate each paper's tables from run records.")
+    parser.add_argument("--paper", action="append", choices=PAPERS, help="only this paper (repeatable)")
+    parser.add_argument("--runs", default=None, help="folder of runs (default: runs/mini/<paper> for each paper)")
+    parser.add_argument("--out", default="results", help="output folder (default results/)")
+    parser.add_argument("--format", action="append", choices=("md", "csv", "latex"), help="default: md + csv + latex")
+    args = parser.parse_args(argv)
+    if args.runs is not None and not Path(args.runs).is_dir():
+        raise QexpError(f"--runs {args.runs}: no such folder of runs")
+    for key in args.paper or PAPERS:
+        runs = args.runs if args.runs is not None else f"runs/mini/{key}"
+        written = make_tables(key, runs, args.out, tuple(args.format or ("md", "csv", "latex")))
+        print(f"{key}: " + ", ".join(str(p) for p in written.values()))
+
+
+def cmd_reproduce(argv: list[str]) -> None:
+    from qexp.report.reproduce import main as reproduce_main
+
+    reproduce_main(argv)
 
 
 def cmd_export(argv: list[str]) -> None:
@@ -103,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage())
         return
     cmd, rest = argv[0], argv[1:]
-    handlers = {"train": cmd_train, "export": cmd_export, "sbatch": cmd_sbatch}
+    handlers = {"train": cmd_train, "export": cmd_export, "sbatch": cmd_sbatch, "tables": cmd_tables,
+                "reproduce": cmd_reproduce}
     if cmd not in handlers:
         fail(f"unknown command '{cmd}'; allowed: {', '.join(SUBCOMMANDS)} (see qexp --help)")
     try:

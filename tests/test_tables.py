@@ -1,0 +1,79 @@
+"""`qexp tables` on a folder of records: ours beside the paper's numbers, missing rows marked."""
+
+import json
+
+import pytest
+
+from qexp.report.store import write_record, write_status
+from qexp.report.tables import collect, make_tables
+
+
+def fake_record(run_dir, model, quant, acc, seed, reduction=1.0, experiment=None, extra=None, bits=None):
+    choices = {"dataset": "digits", "model": model, "quant": quant}
+    if experiment:
+        choices["experiment"] = experiment
+    config = {"model": {"width": (extra or {}).get("width")}, "quant": {"name": quant, **(extra or {}).get("quant", {})},
+              "seed": seed}
+    write_record(run_dir, {
+        "status": "completed", "metric": "accuracy", "higher_is_better": True,
+        "final": {"accuracy": acc}, "best": {"accuracy": acc},
+        "memory": {"fp32_bytes": 1000, "packed_bytes": int(1000 / reduction), "reduction": reduction},
+        "quant": {"name": quant, "bits": bits}, "choices": choices, "config": config, "seed": seed,
+    })
+
+
+def test_dong2017_table_side_by_side(tmp_path, cli):
+    runs = tmp_path / "runs"
+    fake_record(runs / "a", "cnn", "fp32", 0.98, 0)
+    fake_record(runs / "b", "cnn", "fp32", 0.96, 1)
+    fake_record(runs / "c", "cnn", "bwn", 0.95, 0, reduction=25.0, bits=1)
+    fake_record(runs / "d", "vgg9", "twn", 0.9050, 0, reduction=15.0, experiment="dong2017_vgg9_twn", bits=2)
+    write_status(runs / "e", "failed", error="loss became nan by step 12")
+    out = tmp_path / "results"
+    done = cli("tables", "--paper", "dong2017", "--runs", str(runs), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    md = (out / "dong2017.md").read_text()
+    rows = {ln.split("|")[1].strip() + "@" + str(i): ln for i, ln in enumerate(md.splitlines()) if ln.startswith("| ")}
+    fp32 = next(v for k, v in rows.items() if k.startswith("FP32@"))
+    assert "97.00" in fp32 and "| 2 |" in fp32  # mean of two seeds, n = 2
+    assert "1.41" in fp32  # std of (98, 96)
+    bwn = next(v for k, v in rows.items() if k.startswith("BWN@"))
+    assert "95.00" in bwn and "25.00x" in bwn
+    assert md.count("**missing** (no runs)") >= 6  # SQ rows of the mini table + 4 paper-scale rows
+    twn_paper = [v for k, v in rows.items() if k.startswith("TWN@") and "90.13" in v][0]
+    assert "90.50" in twn_paper and "+0.37" in twn_paper  # ours, paper, difference
+    assert "Runs not completed" in md and "failed" in md and "nan" in md
+    assert (out / "dong2017.csv").exists() and (out / "dong2017.tex").exists() and (out / "dong2017.png").exists()
+
+
+def test_width_study_effective_compression(tmp_path):
+    runs = tmp_path / "runs"
+    # float error falls with width; ternary at width 64 matches float at width 32
+    float_acc = {16: 0.80, 32: 0.90, 64: 0.95}
+    for w, acc in float_acc.items():
+        fake_record(runs / f"f{w}", "ffdnn", "fp32", acc, 0, extra={"width": w})
+        (runs / f"f{w}" / "record.json").write_text(json.dumps({**json.loads((runs / f"f{w}" / "record.json").read_text()),
+                                                               "memory": {"fp32_bytes": w * 100, "packed_bytes": w * 100,
+                                                                          "reduction": 1.0}}))
+    fake_record(runs / "t64", "ffdnn", "ternary", 0.90, 0, extra={"width": 64})
+    rec = json.loads((runs / "t64" / "record.json").read_text())
+    rec["memory"] = {"fp32_bytes": 6400, "packed_bytes": 400, "reduction": 16.0}
+    (runs / "t64" / "record.json").write_text(json.dumps(rec))
+    make_tables("sung2015", runs, tmp_path / "out", formats=("md",), plot=False)
+    summary = json.loads((tmp_path / "out" / "sung2015.json").read_text())
+    row64 = [r for r in summary["ffdnn_width"] if r["width"] == 64][0]
+    assert row64["gap"] == pytest.approx(5.0)
+    # the float net with the ternary net's error (10 %) is the width-32 one: 3200 bytes / 400 bytes
+    assert row64["ecr"] == pytest.approx(8.0)
+    md = (tmp_path / "out" / "sung2015.md").read_text()
+    assert "8.0x" in md and "**missing**" in md
+
+
+def test_collect_separates_unfinished(tmp_path):
+    fake_record(tmp_path / "ok", "mlp", "fp32", 0.9, 0)
+    write_status(tmp_path / "run2", "running", epoch=3)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "record.json").write_text("{ truncated")
+    rs = collect(tmp_path)
+    assert len(rs.completed) == 1
+    assert {s for _, s, _ in rs.other} == {"running", "unreadable"}
