@@ -90,6 +90,47 @@ def choices(cfg: DictConfig) -> dict[str, str]:
         return {"quant": str(cfg.quant.get("name", "?"))}
 
 
+def init_distributed(dist: Dist) -> None:
+    """Join the process group of a torchrun/srun launch (NCCL on CUDA, gloo on CPU); once."""
+    if dist.world_size > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(dist.local_rank)
+        torch.distributed.init_process_group(backend)
+
+
+def agree_on_output_dir(argv: list[str], multirun: bool = False) -> list[str]:
+    """Under torchrun/srun every rank runs the same ``qexp train``; Hydra would name each rank's
+    run dir from its own clock (``${now:...}``).  Rank 0 resolves ``hydra.run.dir`` (or
+    ``hydra.sweep.dir`` for -m) once and every rank gets it as an override."""
+    if not multirun:
+        slurm_dist_env()
+    dist = Dist.from_env()
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if dist.world_size <= 1 or any(a.startswith(f"{key}=") for a in argv):
+        return argv
+    init_distributed(dist)
+    value: list[Any] = [None]
+    if dist.is_main:
+        from hydra import compose, initialize_config_dir
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.utils import setup_globals
+
+        from qexp.config import config_dir
+
+        setup_globals()  # registers ${now:...}
+        ours = [a for a in argv if not a.startswith("-")]
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            composed = compose(config_name="config", overrides=ours, return_hydra_config=True)
+        HydraConfig.instance().set_config(composed)
+        value[0] = str(OmegaConf.select(composed, key))
+    torch.distributed.broadcast_object_list(value, src=0)
+    extra = [f"{key}='{value[0]}'"]
+    if not dist.is_main:
+        extra.append("hydra.output_subdir=null")  # rank 0 writes .hydra/ alone
+    return [*argv, *extra]
+
+
 def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """Run one training job into ``run_dir``; returns the record (None when skipped)."""
     run_dir = Path(run_dir)
@@ -102,11 +143,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any] | None:
         if old and old.get("status") == "completed":
             log.info("skip_completed: %s already completed", run_dir)
             return None
-    if dist.world_size > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(dist.local_rank)
-        torch.distributed.init_process_group(backend)
+    init_distributed(dist)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         seed_everything(cfg.seed, cfg.trainer.deterministic)

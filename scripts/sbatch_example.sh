@@ -11,7 +11,7 @@
 #SBATCH --mem=128G
 #SBATCH --time=24:00:00
 #SBATCH --requeue
-#SBATCH --signal=B:USR2@120
+#SBATCH --signal=B:TERM@120
 #SBATCH --output=runs/slurm/%x-%j.out
 
 set -euo pipefail

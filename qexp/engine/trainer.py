@@ -150,6 +150,10 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.seed = seed
         self.dist = dist or Dist()
+        if cfg.batch_size % self.dist.world_size:  # DDP: trainer.batch_size is the global batch
+            raise QexpError(f"trainer.batch_size={cfg.batch_size} must be divisible by the number of processes "
+                            f"({self.dist.world_size}): it is the global batch, split evenly over the ranks")
+        self.batch_size = cfg.batch_size // self.dist.world_size  # per rank
         self.device = pick_device(cfg.device)
         self.logger = Logger(self.run_dir, enabled=self.dist.is_main, progress=cfg.progress)
         self._stop_signal: int | None = None
@@ -160,7 +164,7 @@ class Trainer:
         workers = self.cfg.num_workers
         return DataLoader(
             dataset,
-            batch_size=self.cfg.batch_size if train else self.cfg.eval_batch_size,
+            batch_size=self.batch_size if train else self.cfg.eval_batch_size,
             sampler=sampler,
             shuffle=False,
             drop_last=False,
@@ -214,7 +218,7 @@ class Trainer:
                                    world_size=self.dist.world_size)
         plan = stage_epochs(handle, cfg.epochs)
         flat = [(s, e) for s, n in enumerate(plan) for e in range(n)]
-        steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
+        steps_per_epoch = math.ceil(len(sampler) / self.batch_size)
         if cfg.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
         amp = cfg.amp and self.device.type == "cuda"
@@ -279,7 +283,7 @@ class Trainer:
                         optimizer, scheduler = new_optimizer(stage_idx)
                     state["stage"] = stage_idx
                 start = state["step_in_epoch"]
-                sampler.set_epoch(gi, start * cfg.batch_size)
+                sampler.set_epoch(gi, start * self.batch_size)
                 loader = self._loader(bundle.train, bundle, train=True, sampler=sampler)
                 total = steps_per_epoch - start
                 bar = self.logger.bar(loader, total=total, desc=f"epoch {gi + 1}/{len(flat)}")
@@ -329,7 +333,11 @@ class Trainer:
                         raise Preempted(f"received signal {self._stop_signal} at step {gs}; checkpoint saved")
                 bar.close()
                 # end of epoch: evaluate, log, checkpoint
-                train_loss = (loss_sum / max(count, 1)).item()
+                mean_loss = loss_sum / max(count, 1)
+                if self.dist.world_size > 1:  # every rank saw an equal share: average the ranks' means
+                    torch.distributed.all_reduce(mean_loss)
+                    mean_loss = mean_loss / self.dist.world_size
+                train_loss = mean_loss.item()
                 if not math.isfinite(train_loss):
                     layer = first_nonfinite_param(model)
                     raise NumericalError(f"loss became {train_loss} in epoch {gi + 1}"

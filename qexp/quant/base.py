@@ -86,6 +86,41 @@ def per_row(stat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return stat.reshape((-1,) + (1,) * (w.dim() - 1)) if w.dim() > 0 else stat.reshape(())
 
 
+def stat_rows(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """The rows a statistic is taken over: one per output channel, or the whole tensor as one."""
+    rows = channel_view(w)
+    return rows if per_channel else rows.reshape(1, -1)
+
+
+def expand_stat(stat: torch.Tensor, w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """Broadcast a statistic from :func:`stat_rows` rows (shape (C,) or (1,)) against ``w``."""
+    return per_row(stat, w) if per_channel else stat.reshape(())
+
+
+def check_bits(kind: str, bits: Any, lo: int, hi: int) -> None:
+    """One-line :class:`QexpError` unless ``bits`` is an integer in ``lo..hi``."""
+    if not isinstance(bits, int) or isinstance(bits, bool) or not lo <= bits <= hi:
+        allowed = f"{lo}" if lo == hi else f"an integer {lo}..{hi}"
+        raise QexpError(f"quant.bits={bits!r} is out of range for quant={kind}; allowed: {allowed}")
+
+
+def check_choice(kind: str, key: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise QexpError(f"quant.{key}={value!r} is not valid for quant={kind}; allowed: {', '.join(map(str, allowed))}")
+
+
+def check_ratios(kind: str, ratios: Any, must_end_at_one: bool = False) -> list[float]:
+    """The stage ratios as floats: a non-empty, non-decreasing list of fractions in (0, 1]."""
+    values = list(ratios) if isinstance(ratios, (list, tuple)) else [ratios]
+    ok = bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in values)
+    if not ok or any(b < a for a, b in zip(values, values[1:])):
+        raise QexpError(f"quant.ratios={ratios} is out of range for quant={kind}; "
+                        f"allowed: a non-decreasing list of fractions in (0, 1], e.g. [0.5, 0.75, 0.875, 1.0]")
+    if must_end_at_one and values[-1] != 1:
+        raise QexpError(f"quant.ratios={ratios} must end with 1.0 for quant={kind} (the last stage quantizes every weight)")
+    return [float(v) for v in values]
+
+
 class Quantizer(nn.Module):
     """Base class.  Subclasses implement ``compute_codes`` and ``dequantize``.
 
@@ -152,7 +187,9 @@ class Quantizer(nn.Module):
         )
 
     def decode(self, packed: Packed, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        codes = unpack_codes(packed.codes, packed.bits, packed.numel).reshape(packed.shape)
+        codes = unpack_codes(packed.codes, packed.bits, packed.numel)
+        if codes.numel() == _numel(packed.shape):
+            codes = codes.reshape(packed.shape)  # else: a flat code stream (SQ rows, SVD factors)
         like = torch.empty(packed.shape, dtype=dtype)
         return self.dequantize(codes, dict(packed.tensors), like)
 
@@ -161,8 +198,20 @@ class Quantizer(nn.Module):
 
 
 def ste(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Straight-through estimator: forward ``q``, gradient of the identity to ``w``."""
-    return w + (q - w).detach()
+    """Straight-through estimator: forward ``q``, gradient of the identity to ``w``.
+
+    Written as ``q + (w - w)`` rather than ``w + (q - w)``: ``w - w.detach()`` is exactly zero,
+    so the forward value is ``q`` bit for bit (``w + (q - w)`` can be one ulp off when ``|w|``
+    and ``|q|`` differ a lot), which keeps training values equal to the decoded export.
+    """
+    return q.detach() + (w - w.detach())
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
 
 
 # ----------------------------------------------------------------------------------------------

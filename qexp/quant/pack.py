@@ -34,3 +34,15 @@ def unpack_codes(payload: bytes, bits: int, numel: int) -> torch.Tensor:
 def packed_nbytes(numel: int, bits: int) -> int:
     """The bit-count limit: bytes needed to store ``numel`` codes of ``bits`` bits."""
     return (numel * bits + 7) // 8
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean mask as a uint8 tensor of ceil(n/8) bytes (little-endian bit order)."""
+    flat = mask.detach().reshape(-1).to("cpu", torch.bool).numpy()
+    return torch.from_numpy(np.packbits(flat, bitorder="little").copy())
+
+
+def unpack_mask(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of :func:`pack_mask`: a flat bool tensor of ``numel`` entries (on CPU)."""
+    raw = packed.detach().to("cpu", torch.uint8).numpy()
+    return torch.from_numpy(np.unpackbits(raw, count=numel, bitorder="little").astype(bool))

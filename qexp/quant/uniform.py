@@ -1,11 +1,15 @@
-"""Uniform k-bit weight quantization (symmetric or asymmetric, per-tensor or per-channel)."""
+"""Uniform k-bit weight grids: the general uniform quantizer and chen2021's fixed-point format.
+
+``uniform``  symmetric or asymmetric, per-tensor or per-channel, any float step.
+``fixed``    fixed-point Q-format: the step is a power of two, 2^-f (f fractional bits).
+"""
 
 from __future__ import annotations
 
 import torch
 
 from qexp.errors import QexpError
-from qexp.quant.base import Quantizer, channel_view, per_row
+from qexp.quant.base import Quantizer, check_bits, expand_stat, stat_rows
 
 _EPS = torch.finfo(torch.float32).tiny
 
@@ -29,11 +33,10 @@ class UniformQuantizer(Quantizer):
         self.symmetric = bool(symmetric)
 
     def _stat_rows(self, w: torch.Tensor) -> torch.Tensor:
-        rows = channel_view(w)
-        return rows if self.per_channel else rows.reshape(1, -1)
+        return stat_rows(w, self.per_channel)
 
     def _expand(self, stat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return per_row(stat, w) if self.per_channel else stat.reshape(())
+        return expand_stat(stat, w, self.per_channel)
 
     def compute_codes(self, w):
         rows = self._stat_rows(w).float()
@@ -68,3 +71,50 @@ class UniformQuantizer(Quantizer):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", symmetric={self.symmetric}"
+
+
+class FixedPointQuantizer(Quantizer):
+    """Fixed-point weights with k bits, f of them fractional (chen2021).
+
+        w_q = 2^-f * clip(round(w * 2^f), -2^(k-1), 2^(k-1) - 1)
+
+    ``frac_bits=None`` picks f from the layer's range each step: the largest f for which the
+    biggest magnitude still fits, f = (k - 1) - ceil(log2 max|w|) (per output channel with
+    ``per_channel``).  Codes are the k-bit two's-complement integers shifted to [0, 2^k); f is
+    stored as one int16 per layer (or channel), so decoding needs nothing else.
+    """
+
+    kind = "fixed"
+
+    def __init__(self, bits: int, frac_bits: int | None = None, per_channel: bool = False):
+        check_bits(self.kind, bits, 2, 16)
+        if frac_bits is not None and (not isinstance(frac_bits, int) or isinstance(frac_bits, bool)
+                                      or not -64 <= frac_bits <= 64):
+            raise QexpError(f"quant.frac_bits={frac_bits!r} is out of range; allowed: null (from the layer's range) "
+                            f"or an integer -64..64")
+        super().__init__(bits, per_channel)
+        self.frac_bits = frac_bits
+
+    def _frac(self, w: torch.Tensor) -> torch.Tensor:
+        rows = stat_rows(w, self.per_channel).float()
+        if self.frac_bits is not None:
+            return torch.full((rows.shape[0],), self.frac_bits, dtype=torch.int16, device=w.device)
+        peak = rows.abs().amax(dim=1)
+        int_bits = torch.ceil(torch.log2(peak.clamp_min(_EPS)))
+        int_bits = torch.where(peak > 0, int_bits, torch.zeros_like(int_bits))
+        return ((self.bits - 1) - int_bits).clamp(-64, 64).to(torch.int16)
+
+    def compute_codes(self, w):
+        f = self._frac(w)
+        half = 2 ** (self.bits - 1)
+        scaled = torch.ldexp(w.float(), expand_stat(f, w, self.per_channel).float())
+        q = torch.clamp(torch.round(scaled), -half, half - 1)
+        return (q + half).to(torch.int64), {"frac_bits": f}
+
+    def dequantize(self, codes, params, w_like):
+        f = params["frac_bits"].to(w_like.device, torch.float32)
+        q = codes.to(w_like.device, torch.float32) - 2 ** (self.bits - 1)
+        return torch.ldexp(q, -expand_stat(f, w_like, self.per_channel)).to(w_like.dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", frac_bits={self.frac_bits}"
