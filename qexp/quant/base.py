@@ -176,6 +176,7 @@ class Quantizer(nn.Module):
 
     def encode(self, w: torch.Tensor) -> Packed:
         w = w.detach()
+        check_finite(w, "encode")
         codes, params = self.compute_codes(w)
         return Packed(
             shape=tuple(w.shape),
@@ -195,6 +196,14 @@ class Quantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, per_channel={self.per_channel}"
+
+
+def check_finite(w: torch.Tensor, where: str) -> None:
+    """Quantizing NaN/Inf weights has no meaning: say so in one line instead of packing garbage."""
+    if not torch.isfinite(w).all():
+        bad = int((~torch.isfinite(w)).sum())
+        raise QexpError(f"{where}: weight of shape {tuple(w.shape)} has {bad} non-finite (NaN/Inf) values; "
+                        "the run diverged — lower trainer.lr or enable trainer.grad_clip")
 
 
 def ste(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -316,6 +325,7 @@ def apply_quantization(model: nn.Module, quant_cfg: Any) -> QuantHandle:
         except TypeError as exc:
             raise QexpError(f"quant={name}: {exc}") from None
         weight = getattr(module, pname)
+        check_finite(weight.detach(), f"quant={name} on {key}")
         q.attach(weight.detach())
         q.to(weight.device)
         parametrize.register_parametrization(module, pname, q, unsafe=True)
