@@ -1,0 +1,67 @@
+"""Binary and ternary weight networks: dong2017's baselines BWN and TWN.
+
+``bwn``  W_i ~ alpha_i * sign(W_i),  alpha_i = mean|W_i| per output filter;            1-bit codes.
+``twn``  Delta = 0.7 * mean|W| per layer; alpha_i = mean of |w| over |w| > Delta in filter i;
+         W_i ~ alpha_i * {-1, 0, +1} (0 where |w| <= Delta);                           2-bit codes.
+Both keep one FP32 scale per output filter (``per_channel=false``: one per layer).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qexp.errors import QexpError
+from qexp.quant.base import Quantizer, check_bits, expand_stat, stat_rows
+
+
+class BinaryQuantizer(Quantizer):
+    """BWN: sign(w) scaled by the filter's mean magnitude (codes: 1 = +alpha, 0 = -alpha)."""
+
+    kind = "bwn"
+
+    def __init__(self, bits: int = 1, per_channel: bool = True):
+        check_bits(self.kind, bits, 1, 1)
+        super().__init__(bits, per_channel)
+
+    def compute_codes(self, w):
+        alpha = stat_rows(w, self.per_channel).float().abs().mean(dim=1)
+        return (w >= 0).to(torch.int64), {"scale": alpha}
+
+    def dequantize(self, codes, params, w_like):
+        alpha = expand_stat(params["scale"].to(w_like.device, torch.float32), w_like, self.per_channel)
+        return ((codes.to(w_like.device, torch.float32) * 2 - 1) * alpha).to(w_like.dtype)
+
+
+class TernaryWeightQuantizer(Quantizer):
+    """TWN: threshold at ``threshold`` x mean|W| (per layer), per-filter scale over the survivors.
+
+    Codes: 0 = -alpha, 1 = 0, 2 = +alpha.  A filter with no weight above the threshold gets
+    alpha = 0 (all its codes are 1 anyway).
+    """
+
+    kind = "twn"
+
+    def __init__(self, bits: int = 2, per_channel: bool = True, threshold: float = 0.7):
+        check_bits(self.kind, bits, 2, 2)
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 2:
+            raise QexpError(f"quant.threshold={threshold!r} is out of range; allowed: a number in (0, 2) "
+                            f"(TWN's 0.7 x mean|W|)")
+        super().__init__(bits, per_channel)
+        self.threshold = float(threshold)
+
+    def compute_codes(self, w):
+        wf = w.float()
+        delta = self.threshold * wf.abs().mean()
+        keep = wf.abs() > delta
+        rows_abs = stat_rows(wf.abs() * keep, self.per_channel)
+        count = stat_rows(keep, self.per_channel).sum(dim=1)
+        alpha = torch.where(count > 0, rows_abs.sum(dim=1) / count.clamp_min(1), torch.zeros_like(count, dtype=wf.dtype))
+        codes = torch.where(keep, torch.where(wf > 0, 2, 0), 1).to(torch.int64)
+        return codes, {"scale": alpha}
+
+    def dequantize(self, codes, params, w_like):
+        alpha = expand_stat(params["scale"].to(w_like.device, torch.float32), w_like, self.per_channel)
+        return ((codes.to(w_like.device, torch.float32) - 1) * alpha).to(w_like.dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", threshold={self.threshold}"
