@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "train": "train one run, or a sweep with -m (Hydra overrides: group=option key=value)",
     "tables": "regenerate each paper's tables beside the paper's numbers: qexp tables [--paper KEY] [--runs DIR]",
     "reproduce": "run the CPU-sized reproduction sweeps and regenerate results/: qexp reproduce --mini",
+    "bench": "step-time ratios (quantized vs FP32, qexp vs Brevitas) and packed size vs the bit limit",
     "sbatch": "print the sbatch script a SLURM sweep job would get: qexp sbatch [overrides]",
     "export": "write the packed (bit-exact, k-bit) model of a finished run: qexp export RUN_DIR",
 }
@@ -120,6 +121,12 @@ def cmd_reproduce(argv: list[str]) -> None:
     reproduce_main(argv)
 
 
+def cmd_bench(argv: list[str]) -> None:
+    from qexp.bench import main as bench_main
+
+    bench_main(argv)
+
+
 def cmd_export(argv: list[str]) -> None:
     from qexp.export import main as export_main
 
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     cmd, rest = argv[0], argv[1:]
     handlers = {"train": cmd_train, "export": cmd_export, "sbatch": cmd_sbatch, "tables": cmd_tables,
-                "reproduce": cmd_reproduce}
+                "reproduce": cmd_reproduce, "bench": cmd_bench}
     if cmd not in handlers:
         fail(f"unknown command '{cmd}'; allowed: {', '.join(SUBCOMMANDS)} (see qexp --help)")
     try:
