@@ -99,6 +99,24 @@ def init_distributed(dist: Dist) -> None:
         torch.distributed.init_process_group(backend)
 
 
+def resolve_output_dir(argv: list[str], key: str, multirun: bool = False) -> str:
+    """The value Hydra would give ``key`` (hydra.run.dir / hydra.sweep.dir) for this command line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import setup_globals
+
+    from qexp.config import config_dir, expand_sweep
+
+    ours = [a for a in argv if not a.startswith("-")]
+    if multirun:
+        ours = expand_sweep(ours)[0]  # the sweep dir does not depend on the job
+    setup_globals()  # registers ${now:...}
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        composed = compose(config_name="config", overrides=ours, return_hydra_config=True)
+    HydraConfig.instance().set_config(composed)
+    return str(OmegaConf.select(composed, key))
+
+
 def agree_on_output_dir(argv: list[str], multirun: bool = False) -> list[str]:
     """Under torchrun/srun every rank runs the same ``qexp train``; Hydra would name each rank's
     run dir from its own clock (``${now:...}``).  Rank 0 resolves ``hydra.run.dir`` (or
@@ -107,28 +125,23 @@ def agree_on_output_dir(argv: list[str], multirun: bool = False) -> list[str]:
         slurm_dist_env()
     dist = Dist.from_env()
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    if dist.world_size <= 1 or any(a.startswith(f"{key}=") for a in argv):
+    if dist.world_size <= 1:
+        return argv
+    if not dist.is_main:
+        argv = [*argv, "hydra.output_subdir=null"]  # rank 0 writes .hydra/ alone
+    if any(a.startswith(f"{key}=") for a in argv):
         return argv
     init_distributed(dist)
     value: list[Any] = [None]
     if dist.is_main:
-        from hydra import compose, initialize_config_dir
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.core.utils import setup_globals
-
-        from qexp.config import config_dir
-
-        setup_globals()  # registers ${now:...}
-        ours = [a for a in argv if not a.startswith("-")]
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            composed = compose(config_name="config", overrides=ours, return_hydra_config=True)
-        HydraConfig.instance().set_config(composed)
-        value[0] = str(OmegaConf.select(composed, key))
+        try:
+            value[0] = resolve_output_dir(argv, key, multirun)
+        except Exception as exc:  # noqa: BLE001 - Hydra reports it again below, on every rank
+            log.warning("could not resolve %s for all ranks: %s", key, exc)
     torch.distributed.broadcast_object_list(value, src=0)
-    extra = [f"{key}='{value[0]}'"]
-    if not dist.is_main:
-        extra.append("hydra.output_subdir=null")  # rank 0 writes .hydra/ alone
-    return [*argv, *extra]
+    if value[0] is None:
+        return argv
+    return [*argv, f"{key}='{value[0]}'"]
 
 
 def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any] | None:

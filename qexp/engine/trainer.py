@@ -196,6 +196,17 @@ class Trainer:
     def _on_signal(self, signum, frame):  # noqa: ARG002
         self._stop_signal = signum
 
+    def _stop_requested(self, step: int) -> bool:
+        """A stop signal arrived.  Under DDP the ranks agree every ``log_every`` steps, so all of
+        them stop at the same step even when the signal reached only some, or at different steps."""
+        if self.dist.world_size == 1:
+            return self._stop_signal is not None
+        if step % self.cfg.log_every:
+            return False
+        flag = torch.tensor([float(self._stop_signal is not None)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
     def _status(self, **fields):
         if self.dist.is_main:
             write_status(self.run_dir, "running", **fields)
@@ -324,13 +335,14 @@ class Trainer:
                     if cfg.checkpoint_every_steps and gs % cfg.checkpoint_every_steps == 0:
                         save()
                         self._status(epoch=gi + 1, step=gs, stage=stage_idx)
-                    if self._stop_signal is not None:
+                    if self._stop_requested(gs):
                         save()
                         self._status(epoch=gi + 1, step=gs, stage=stage_idx, preempted=self._stop_signal)
                         previous = old_handlers.get(self._stop_signal)
                         if callable(previous):  # e.g. submitit's handler: requeue the job
                             previous(self._stop_signal, None)
-                        raise Preempted(f"received signal {self._stop_signal} at step {gs}; checkpoint saved")
+                        raise Preempted(f"received signal {self._stop_signal or '(on another rank)'} at step {gs}; "
+                                        f"checkpoint saved")
                 bar.close()
                 # end of epoch: evaluate, log, checkpoint
                 mean_loss = loss_sum / max(count, 1)
