@@ -36,7 +36,7 @@ def group_options(group: str) -> list[str]:
 @dataclass
 class TrainerConfig:
     epochs: int = 30
-    batch_size: int = 64
+    batch_size: int = 64  # global batch: each of N DDP ranks takes batch_size / N
     eval_batch_size: int = 512
     optimizer: str = "adam"  # sgd | adam | adamw
     lr: float = 2e-3
@@ -115,6 +115,10 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`QexpError` (one line, naming key and allowed values) on any bad value."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        hint = " (the folder of the local copy; nothing is downloaded)" if missing[0].endswith(".root") else ""
+        raise QexpError(f"{missing[0]} is required{hint}; pass {missing[0]}=...")
     _check(isinstance(cfg.bits, int) and 1 <= cfg.bits <= 32, "bits", cfg.bits, "an integer 1..32")
     _check(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     for key, (rule, allowed) in _TRAINER_RULES.items():

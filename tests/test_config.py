@@ -14,6 +14,10 @@ def test_every_group_option_composes(group):
     for option in options:
         cfg = compose([f"{group}={option}"])
         assert cfg[group] is not None
+        if group == "dataset" and "dataset.root" in OmegaConf.missing_keys(cfg):
+            with pytest.raises(QexpError, match="dataset.root is required"):
+                validate(cfg)
+            cfg = compose([f"{group}={option}", "dataset.root=/data/somewhere"])
         OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
         validate(cfg)
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
 from qexp.data.bundle import DataBundle
@@ -159,7 +160,7 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # -- helpers --------------------------------------------------------------------------
-    def _loader(self, dataset, bundle: DataBundle, train: bool, sampler=None) -> DataLoader:
+    def _loader(self, dataset, bundle: DataBundle, train: bool, sampler=None, epoch: int = 0) -> DataLoader:
         cuda = self.device.type == "cuda"
         workers = self.cfg.num_workers
         return DataLoader(
@@ -172,13 +173,17 @@ class Trainer:
             pin_memory=cuda,
             persistent_workers=workers > 0 and train,
             collate_fn=bundle.collate_fn,
-            generator=torch.Generator().manual_seed(self.seed),  # keep the global RNG untouched
+            # its own generator keeps the global RNG untouched; seeded per epoch so worker
+            # augmentation seeds differ between epochs but not between a run and its resume
+            generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
         )
 
     def _evaluate(self, model: nn.Module, bundle: DataBundle, dataset) -> dict[str, float]:
         model.eval()
         with torch.no_grad():
-            out = bundle.task.evaluate(model, self._loader(dataset, bundle, train=False), self.device)
+            # weights do not change during evaluation: quantize each weight once, not per batch
+            with parametrize.cached():
+                out = bundle.task.evaluate(model, self._loader(dataset, bundle, train=False), self.device)
         model.train()
         return out
 
@@ -295,7 +300,7 @@ class Trainer:
                     state["stage"] = stage_idx
                 start = state["step_in_epoch"]
                 sampler.set_epoch(gi, start * self.batch_size)
-                loader = self._loader(bundle.train, bundle, train=True, sampler=sampler)
+                loader = self._loader(bundle.train, bundle, train=True, sampler=sampler, epoch=gi)
                 total = steps_per_epoch - start
                 bar = self.logger.bar(loader, total=total, desc=f"epoch {gi + 1}/{len(flat)}")
                 # running loss of this epoch (restored when resuming mid-epoch)
