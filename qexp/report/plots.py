@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def _plot_width(ax, table: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("width (units per hidden layer)")
     ax.set_ylabel(f"{table.get('metric', 'accuracy')} ({table.get('unit', '%')})")
-    ax.set_title(table["caption"], fontsize=9)
+    ax.set_title(textwrap.fill(table["caption"], 60), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
 
@@ -62,10 +63,10 @@ def plot_paper(paper: dict[str, Any], tables: list[tuple[dict[str, Any], list[di
         ax.set_xscale("log")
         ax.set_xlabel("memory reduction vs FP32 (measured, packed export)")
         ax.set_ylabel(f"{metric} ({unit})" + ("  ↓ better" if not rows[0]["higher_is_better"] else ""))
-        ax.set_title(table["caption"], fontsize=9)
+        ax.set_title(textwrap.fill(table["caption"], 60), fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"{paper['key']}: {paper['claim']}", fontsize=9)
+    fig.suptitle(textwrap.fill(f"{paper['key']}: {paper['claim']}", 60 * len(with_runs)), fontsize=8)
     fig.tight_layout()
     import io
 
