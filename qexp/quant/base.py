@@ -137,7 +137,22 @@ class Quantizer(nn.Module):
             raise QexpError(f"bits={bits!r} is out of range; allowed: an integer 1..32")
         self.bits = int(bits)
         self.per_channel = bool(per_channel)
+        # the buffer travels with checkpoints; the Python mirror keeps the hot path free of
+        # device-to-host syncs (reading a CUDA bool each forward would stall the stream)
         self.register_buffer("enabled", torch.tensor(True))
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def set_enabled(self, flag: bool) -> None:
+        self._enabled = bool(flag)
+        self.enabled.fill_(self._enabled)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._enabled = bool(self.enabled)  # once per load, not per step
 
     # -- the part subclasses define ---------------------------------------------------------
     def compute_codes(self, w: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -170,7 +185,7 @@ class Quantizer(nn.Module):
         return self.dequantize(codes, params, w)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if not bool(self.enabled):
+        if not self._enabled:
             return w
         return ste(w, self.quantize(w))
 

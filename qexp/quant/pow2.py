@@ -101,7 +101,7 @@ class PowerOfTwoQuantizer(Quantizer):
         return v.to(w_like.dtype)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if not self.learn_scale or not bool(self.enabled):
+        if not self.learn_scale or not self.is_enabled:
             return super().forward(w)
         codes, params = self.compute_codes(w.detach())
         params["scale"] = self._scale()  # same value, but with a gradient path to the scale
@@ -189,7 +189,7 @@ class INQQuantizer(Quantizer):
         return v.to(w_like.dtype)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if not bool(self.enabled):
+        if not self.is_enabled:
             return w
         self.sync(w.detach())
         # frozen entries: their power of two (no gradient); the rest: the float weight itself

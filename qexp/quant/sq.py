@@ -130,7 +130,7 @@ class StochasticQuantizer(Quantizer):
         return roulette_without_replacement(selection_probabilities(self.row_errors(w, q), self.prob), n)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if not bool(self.enabled):
+        if not self.is_enabled:
             return w
         wd = w.detach()
         self._ensure(wd)

@@ -73,7 +73,7 @@ class HwangSungQuantizer(Quantizer):
 
     def set_stage(self, index: int) -> None:
         super().set_stage(index)
-        self.enabled.fill_(index >= 1)
+        self.set_enabled(index >= 1)
         self.step.zero_()  # re-fit Delta from the weights the new stage starts with
 
     def fit_step(self, w: torch.Tensor) -> torch.Tensor:
