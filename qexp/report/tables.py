@@ -275,7 +275,7 @@ def make_tables(key: str, runs: str | Path, out_dir: str | Path = "results", for
     tables = []
     for table in paper["tables"]:
         metric = table.get("metric", paper.get("metric", "accuracy"))
-        scale = float(table.get("scale", 100.0 if metric in ("accuracy", "f1", "object_dice", "top5") else 1.0))
+        scale = float(table.get("scale", 100.0 if metric in ("accuracy", "f1", "object_dice", "top5", "cer", "wer") else 1.0))
         table["_scale"] = scale
         build = build_width_rows if table.get("kind") == "width_gap" else build_rows
         tables.append((table, build(table, metric, runset.completed, scale)))
