@@ -20,13 +20,7 @@ from qexp.quant.ternary import HwangSungQuantizer
 from qexp.quant.uniform import FixedPointQuantizer, UniformQuantizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # name -> (yaml-like config for apply_quantization)
 CONFIGS = {
