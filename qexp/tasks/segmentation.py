@@ -117,16 +117,25 @@ def object_f1(s: np.ndarray, g: np.ndarray) -> float:
     return f1_from_counts(*object_f1_counts(s, g))
 
 
+def _relabelled(s: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Both label maps renumbered 1..n, with their object counts."""
+    s, g = relabel(s), relabel(g)
+    return s, g, int(s.max()), int(g.max())
+
+
+def _object_overlaps(s: np.ndarray, g: np.ndarray, ns: int, ng: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel overlaps between every predicted and ground-truth object, and each object's area."""
+    return _overlaps(s, g, ns, ng)[1:, 1:], _counts(s, ns)[1:], _counts(g, ng)[1:]
+
+
 def object_dice(s: np.ndarray, g: np.ndarray) -> float:
     """The challenge's weighted object-level Dice of one image."""
-    s, g = relabel(s), relabel(g)
-    ns, ng = int(s.max()), int(g.max())
+    s, g, ns, ng = _relabelled(s, g)
     if ns == 0 and ng == 0:
         return 1.0
     if ns == 0 or ng == 0:
         return 0.0
-    ov = _overlaps(s, g, ns, ng)[1:, 1:]
-    area_s, area_g = _counts(s, ns)[1:], _counts(g, ng)[1:]
+    ov, area_s, area_g = _object_overlaps(s, g, ns, ng)
 
     def side(ov_rows: np.ndarray, area_self: np.ndarray, area_other: np.ndarray) -> float:
         total = 0.0
@@ -142,14 +151,12 @@ def object_dice(s: np.ndarray, g: np.ndarray) -> float:
 
 def object_hausdorff(s: np.ndarray, g: np.ndarray) -> float:
     """The challenge's weighted object-level Hausdorff distance of one image (pixels)."""
-    s, g = relabel(s), relabel(g)
-    ns, ng = int(s.max()), int(g.max())
+    s, g, ns, ng = _relabelled(s, g)
     if ns == 0 and ng == 0:
         return 0.0
     if ns == 0 or ng == 0:
         return float(math.hypot(*s.shape))
-    ov = _overlaps(s, g, ns, ng)[1:, 1:]
-    area_s, area_g = _counts(s, ns)[1:], _counts(g, ng)[1:]
+    ov, area_s, area_g = _object_overlaps(s, g, ns, ng)
     s_masks = [None] * ns
     g_masks = [None] * ng
     cache: dict[tuple[int, int], float] = {}
