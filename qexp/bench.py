@@ -199,17 +199,17 @@ def run(quick: bool = False, out: str | Path = "results/bench.json", compile_che
         steppers = {"fp32": _stepper(quantized(make, None), batch)}
         for q in STEP_QUANTS:
             steppers[q] = _stepper(quantized(make, q), batch)
-        has_conv_or_linear = True
+        has_brevitas = True
         try:
             steppers["brevitas_uniform4"] = _stepper(brevitas_equivalent(quantized(make, None)), batch)
         except Exception as exc:  # noqa: BLE001 - brevitas missing or layer unsupported
             result.setdefault("notes", []).append(f"{mname}: brevitas not measured ({type(exc).__name__}: {exc})")
-            has_conv_or_linear = False
+            has_brevitas = False
         times = time_steps(steppers, warmup, rounds, per_round)
         row = {}
         for q in STEP_QUANTS:
             row[q] = {"step_ratio_vs_fp32": times[q] / times["fp32"]}
-        if has_conv_or_linear:
+        if has_brevitas:
             row["uniform4"]["step_ratio_vs_brevitas"] = times["uniform4"] / times["brevitas_uniform4"]
             row["brevitas_uniform4"] = {"step_ratio_vs_fp32": times["brevitas_uniform4"] / times["fp32"]}
         if compile_check and not quick:

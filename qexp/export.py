@@ -92,8 +92,7 @@ def main(argv: list[str]) -> None:
     model = load_exported(path)
     bundle = build_data(cfg)
     cfg.trainer.progress = False
-    trainer = Trainer(cfg.trainer, Path(args.run_dir) / "export_check", cfg.seed)
-    trainer.logger.close()
+    trainer = Trainer(cfg.trainer, args.run_dir, cfg.seed)
     metrics = trainer.evaluate_tests(model.to(trainer.device), bundle)
     m = export["metric"]
     print(f"exported model test {m}: {metrics[m]:.6f} (record: {export['final'][m]:.6f})")

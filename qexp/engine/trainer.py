@@ -156,7 +156,7 @@ class Trainer:
                             f"({self.dist.world_size}): it is the global batch, split evenly over the ranks")
         self.batch_size = cfg.batch_size // self.dist.world_size  # per rank
         self.device = pick_device(cfg.device)
-        self.logger = Logger(self.run_dir, enabled=self.dist.is_main, progress=cfg.progress)
+        self.logger: Logger | None = None  # opened by fit(): evaluation alone writes no logs
         self._stop_signal: int | None = None
 
     # -- helpers --------------------------------------------------------------------------
@@ -220,6 +220,7 @@ class Trainer:
     def fit(self, model: nn.Module, bundle: DataBundle, handle: QuantHandle | None,
             hparams: dict[str, Any] | None = None) -> dict[str, Any]:
         cfg, task = self.cfg, bundle.task
+        self.logger = Logger(self.run_dir, enabled=self.dist.is_main, progress=cfg.progress)
         model.to(self.device)
         if cfg.channels_last and self.device.type == "cuda":
             model.to(memory_format=torch.channels_last)
