@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import statistics
@@ -24,6 +25,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from qexp.quant.base import apply_quantization
 from qexp.report.memory import export_packed, export_payload_bytes
@@ -80,9 +82,11 @@ def _loss(model: nn.Module, batch: tuple) -> torch.Tensor:
 def _stepper(model: nn.Module, batch: tuple) -> Callable[[], None]:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
-    def step():
+    def step():  # the trainer's step: forward under parametrize.cached(), backward, update
+        with parametrize.cached():
+            loss = _loss(model, batch)
         opt.zero_grad(set_to_none=True)
-        _loss(model, batch).backward()
+        loss.backward()
         opt.step()
 
     return step
@@ -136,19 +140,41 @@ def brevitas_equivalent(model: nn.Module, bits: int = 4) -> nn.Module:
     return model.train()
 
 
-def time_steps(steppers: dict[str, Callable[[], None]], warmup: int, rounds: int, per_round: int) -> dict[str, float]:
-    """Median seconds per step; the candidates alternate round by round so drift hits all alike."""
+def time_steps(steppers: dict[str, Callable[[], None]], warmup: int, rounds: int,
+               min_sample_s: float = 0.02) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, one sample per round.
+
+    The candidates alternate within every round, so machine drift (other jobs, clock changes)
+    hits them alike, and the order rotates from round to round; a sample repeats a fast call until it lasts ``min_sample_s`` (the same
+    count for every candidate), so timer and scheduler jitter stay small against it.
+    """
     for fn in steppers.values():
         for _ in range(warmup):
             fn()
+    slowest = 0.0
+    for fn in steppers.values():
+        t0 = time.perf_counter()
+        fn()
+        slowest = max(slowest, time.perf_counter() - t0)
+    inner = max(1, math.ceil(min_sample_s / max(slowest, 1e-9)))
     samples: dict[str, list[float]] = {k: [] for k in steppers}
-    for _ in range(rounds):
-        for name, fn in steppers.items():
+    names = list(steppers)
+    for r in range(rounds):
+        # the starting candidate rotates, so no candidate always runs right after the same one
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = steppers[name]
             t0 = time.perf_counter()
-            for _ in range(per_round):
+            for _ in range(inner):
                 fn()
-            samples[name].append((time.perf_counter() - t0) / per_round)
-    return {k: statistics.median(v) for k, v in samples.items()}
+            samples[name].append((time.perf_counter() - t0) / inner)
+    return samples
+
+
+def paired_ratio(samples: dict[str, list[float]], a: str, b: str) -> dict[str, float]:
+    """Median over rounds of time(a) / time(b) in the same round, with its quartiles as the spread."""
+    ratios = sorted(x / y for x, y in zip(samples[a], samples[b]))
+    q1, med, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return {"ratio": med, "q1": q1, "q3": q3}
 
 
 def packed_vs_limit(make: Callable[[], nn.Module]) -> dict[str, float]:
@@ -166,15 +192,15 @@ def packed_vs_limit(make: Callable[[], nn.Module]) -> dict[str, float]:
     return out
 
 
-def eval_throughput(make: Callable[[], nn.Module], batch: tuple, quant: str = "uniform4", rounds: int = 7) -> float:
+def eval_throughput(make: Callable[[], nn.Module], batch: tuple, quant: str = "uniform4", rounds: int = 15) -> dict:
     """Exported model (decoded once, plain float) vs FP32: ratio of inference times (1.0 = same)."""
+    from hydra.utils import get_class
+
     from qexp.report.memory import decode_export
 
     fp = quantized(make, None).eval()
     q, handle = quantized_with_handle(make, quant)
     export = export_packed(q, handle)
-    from hydra.utils import get_class
-
     cfg = {k: v for k, v in QUANTS[quant].items() if k not in ("name", "_target_")}
     cls = get_class(QUANTS[quant]["_target_"])
     plain = make()
@@ -182,51 +208,80 @@ def eval_throughput(make: Callable[[], nn.Module], batch: tuple, quant: str = "u
     plain.eval()
     x = batch[0]
     with torch.no_grad():
-        times = time_steps({"fp32": lambda: fp(x), "exported": lambda: plain(x)}, 3, rounds, 5)
-    return times["exported"] / times["fp32"]
+        samples = time_steps({"fp32": lambda: fp(x), "exported": lambda: plain(x)}, 3, rounds)
+    return paired_ratio(samples, "exported", "fp32")
 
 
-def run(quick: bool = False, out: str | Path = "results/bench.json", compile_check: bool = True) -> dict[str, Any]:
+def brevitas_supported(model: nn.Module) -> str | None:
+    """Why the Brevitas twin would not be equivalent (None when it would)."""
+    from qexp.quant.base import quantizable_params
+
+    others = sorted({type(m).__name__ for _, m, _ in quantizable_params(model)
+                     if not isinstance(m, (nn.Conv2d, nn.Linear))})
+    if others:
+        return (f"its {', '.join(others)} layers have no drop-in Brevitas equivalent here "
+                f"(QuantLSTM is a separate Python implementation), so the twin would not be the same model")
+    return None
+
+
+def _entry(samples: dict[str, list[float]], name: str, ref: str) -> dict[str, Any]:
+    r = paired_ratio(samples, name, ref)
+    return {"step_ratio_vs_fp32": r["ratio"], "spread": [r["q1"], r["q3"]],
+            "step_ms": 1e3 * statistics.median(samples[name])}
+
+
+def run(quick: bool = False, out: str | Path = "results/bench.json", compile_check: bool = True,
+        rounds: int | None = None, models: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    threads = torch.get_num_threads()
     result: dict[str, Any] = {"machine": {
-        "cpu": platform.processor() or platform.machine(), "threads": threads, "cores": os.cpu_count(),
-        "device": "cpu", "torch": torch.__version__, "python": platform.python_version()}}
-    rounds, per_round, warmup = (5, 2, 2) if quick else (15, 3, 5)
+        "cpu": _cpu_name(), "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+        "device": "cpu", "torch": torch.__version__, "python": platform.python_version()},
+        "method": ("median over rounds of time(candidate) / time(fp32) in the same round; candidates "
+                   "alternate within a round; spread = quartiles of those per-round ratios")}
+    rounds = rounds or (5 if quick else 25)
+    warmup = 2 if quick else 5
     for mname, (make, batch_fn) in _models(quick).items():
+        if models and mname not in models:
+            continue
+        log(f"[{mname}] timing fp32, {', '.join(STEP_QUANTS)} and brevitas_uniform4 ({rounds} rounds)")
         batch = batch_fn(g)
         steppers = {"fp32": _stepper(quantized(make, None), batch)}
         for q in STEP_QUANTS:
             steppers[q] = _stepper(quantized(make, q), batch)
-        has_brevitas = True
-        try:
-            steppers["brevitas_uniform4"] = _stepper(brevitas_equivalent(quantized(make, None)), batch)
-        except Exception as exc:  # noqa: BLE001 - brevitas missing or layer unsupported
-            result.setdefault("notes", []).append(f"{mname}: brevitas not measured ({type(exc).__name__}: {exc})")
-            has_brevitas = False
-        times = time_steps(steppers, warmup, rounds, per_round)
-        row = {}
-        for q in STEP_QUANTS:
-            row[q] = {"step_ratio_vs_fp32": times[q] / times["fp32"]}
-        if has_brevitas:
-            row["uniform4"]["step_ratio_vs_brevitas"] = times["uniform4"] / times["brevitas_uniform4"]
-            row["brevitas_uniform4"] = {"step_ratio_vs_fp32": times["brevitas_uniform4"] / times["fp32"]}
-        if compile_check and not quick:
+        why_not = brevitas_supported(make())
+        if why_not is None:
             try:
-                cm = torch.compile(quantized(make, "uniform4"))
-                step = _stepper(cm, batch)
+                steppers["brevitas_uniform4"] = _stepper(brevitas_equivalent(quantized(make, None)), batch)
+            except ImportError as exc:
+                why_not = f"brevitas is not installed ({exc}); make bench installs it"
+        if why_not:
+            result.setdefault("notes", []).append(f"{mname}: Brevitas not measured: {why_not}")
+        samples = time_steps(steppers, warmup, rounds)
+        row: dict[str, Any] = {q: _entry(samples, q, "fp32") for q in ("fp32", *STEP_QUANTS)}
+        if "brevitas_uniform4" in samples:
+            row["brevitas_uniform4"] = _entry(samples, "brevitas_uniform4", "fp32")
+            vs = paired_ratio(samples, "uniform4", "brevitas_uniform4")
+            row["uniform4"]["step_ratio_vs_brevitas"] = vs["ratio"]
+            row["uniform4"]["spread_vs_brevitas"] = [vs["q1"], vs["q3"]]
+        if compile_check and not quick:
+            log(f"[{mname}] torch.compile of the uniform 4-bit model")
+            try:
+                step = _stepper(torch.compile(quantized(make, "uniform4")), batch)
                 t0 = time.perf_counter()
                 step()
                 compile_s = time.perf_counter() - t0
-                t = time_steps({"compiled": step, "fp32": steppers["fp32"]}, 2, rounds, per_round)
-                row["uniform4_compiled"] = {"step_ratio_vs_fp32": t["compiled"] / t["fp32"],
-                                            "compile_s": compile_s}
-            except Exception as exc:  # noqa: BLE001 - no compiler toolchain
-                result.setdefault("notes", []).append(f"{mname}: torch.compile failed ({type(exc).__name__})")
-        row["_eval_exported_vs_fp32"] = eval_throughput(make, batch)
+                t = time_steps({"fp32": steppers["fp32"], "compiled": step}, 2, rounds)
+                row["uniform4_compiled"] = {**_entry(t, "compiled", "fp32"), "compile_s": compile_s}
+            except Exception as exc:  # noqa: BLE001 - no C++ toolchain, unsupported op: report, go on
+                result.setdefault("notes", []).append(f"{mname}: torch.compile failed ({type(exc).__name__}: {exc})"[:300])
+        log(f"[{mname}] exported-model inference")
+        ev = eval_throughput(make, batch, rounds=rounds)
+        row["_eval_exported_vs_fp32"] = ev["ratio"]
+        row["_eval_spread"] = [ev["q1"], ev["q3"]]
         result[mname] = row
     result["packed_vs_limit"] = packed_vs_limit(_models(True)["mlp_digits"][0])
+    result["targets"] = check_targets(result)
     if out:
         from qexp.report.store import atomic_write_json
 
@@ -234,32 +289,78 @@ def run(quick: bool = False, out: str | Path = "results/bench.json", compile_che
     return result
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+#: the issue's acceptance bounds: (model, row, key) -> upper limit of the measured ratio
+TARGETS = {
+    ("resnet20", "uniform4", "step_ratio_vs_fp32"): 1.03,
+    ("resnet20", "sq", "step_ratio_vs_fp32"): 1.06,
+    ("resnet20", "uniform4", "step_ratio_vs_brevitas"): 0.97,
+}
+PACKED_LIMIT = 1.02
+
+
+def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    checks = []
+    for (model, row, key), limit in TARGETS.items():
+        value = result.get(model, {}).get(row, {}).get(key)
+        if value is not None:
+            checks.append({"what": f"{model} {row} {key}", "limit": limit, "measured": value, "met": value <= limit})
+    for q, r in result.get("packed_vs_limit", {}).items():
+        checks.append({"what": f"packed/limit {q}", "limit": PACKED_LIMIT, "measured": r, "met": r <= PACKED_LIMIT})
+    return checks
+
+
 def render(result: dict[str, Any]) -> str:
-    lines = [f"machine: {result['machine']}", "",
-             "| model | quantizer | step / fp32 step | step / brevitas step |", "|---|---|---|---|"]
+    m = result["machine"]
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, torch {m['torch']}, "
+             f"{m['device']}", "",
+             "| model | quantizer | step / fp32 step (quartiles) | step / brevitas step | step ms |",
+             "|---|---|---|---|---|"]
     for mname, row in result.items():
-        if mname in ("machine", "packed_vs_limit", "notes"):
+        if not isinstance(row, dict) or "fp32" not in row:
             continue
         for q, v in row.items():
             if q.startswith("_"):
                 continue
             vb = v.get("step_ratio_vs_brevitas")
-            extra = f" (compile {v['compile_s']:.1f} s)" if "compile_s" in v else ""
-            lines.append(f"| {mname} | {q}{extra} | {v['step_ratio_vs_fp32']:.3f} | {'' if vb is None else f'{vb:.3f}'} |")
-        lines.append(f"| {mname} | exported eval / fp32 eval | {row['_eval_exported_vs_fp32']:.3f} | |")
+            extra = f" (compile {v['compile_s']:.0f} s apart)" if "compile_s" in v else ""
+            lo, hi = v["spread"]
+            lines.append(f"| {mname} | {q}{extra} | {v['step_ratio_vs_fp32']:.3f} ({lo:.3f}–{hi:.3f}) | "
+                         f"{'' if vb is None else f'{vb:.3f}'} | {v['step_ms']:.2f} |")
+        lo, hi = row["_eval_spread"]
+        lines.append(f"| {mname} | exported model, inference | {row['_eval_exported_vs_fp32']:.3f} ({lo:.3f}–{hi:.3f}) | | |")
     lines += ["", "| quantizer | packed bytes / bit-count limit |", "|---|---|"]
     lines += [f"| {q} | {r:.4f} |" for q, r in result["packed_vs_limit"].items()]
+    lines += ["", "| target | limit | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {c['what']} | ≤ {c['limit']} | {c['measured']:.3f} | {'yes' if c['met'] else 'NO'} |"
+              for c in result.get("targets", []) if not c["what"].startswith("packed")]
     for n in result.get("notes", []):
         lines.append(f"note: {n}")
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="qexp bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="qexp bench", description=__doc__.splitlines()[0],
+        epilog="Only ratios measured in the same run are meaningful; run it on an otherwise idle machine.")
     parser.add_argument("--quick", action="store_true", help="small batch, few rounds (smoke test)")
-    parser.add_argument("--out", default="results/bench.json", help="where to write the JSON")
+    parser.add_argument("--out", default="results/bench.json", help="where to write the JSON ('' = nowhere)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds per model (default 25; quick 5)")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated subset of resnet20, mlp_digits, rnn_speech (default: all)")
     args = parser.parse_args(argv)
-    res = run(args.quick, args.out, not args.no_compile)
+    res = run(args.quick, args.out, not args.no_compile, args.rounds,
+              args.models.split(",") if args.models else None, log=lambda msg: print(msg, flush=True))
     print(render(res))
-    print(f"\nwritten: {args.out}")
+    if args.out:
+        print(f"\nwritten: {args.out}")

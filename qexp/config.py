@@ -54,7 +54,7 @@ class TrainerConfig:
     num_workers: int = 0
     deterministic: bool = True
     amp: bool = False  # mixed precision (CUDA only)
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (on in the CIFAR/ImageNet conv-net experiments)
     channels_last: bool = False
     progress: bool = True
     log_every: int = 20  # steps between loss logs / finiteness checks

@@ -6,6 +6,8 @@ the bits, and a NaN weight is a clear error.  Odd cases: all-zero, constant, tin
 1-element, non-contiguous, an all-zero channel.
 """
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,9 @@ from hypothesis.extra import numpy as hnp
 
 from qexp.config import config_dir, group_options
 from qexp.errors import QexpError
+from qexp.quant.binary import BinaryQuantizer, TernaryWeightQuantizer
+from qexp.quant.pow2 import PowerOfTwoQuantizer
+from qexp.quant.uniform import UniformQuantizer
 
 BITS = {"bwn": 1, "twn": 2, "sq": 2, "ternary": 2, "pow2": 3, "fixed": 5, "inq": 5, "clip_svd": 8, "uniform": 4}
 KINDS = [k for k in group_options("quant") if k != "fp32"]
@@ -98,3 +103,27 @@ def test_nan_is_a_clear_error(kind):
     with pytest.raises(QexpError, match="(?i)nan|non-finite"):
         q.attach(w)
         q.encode(w)
+
+
+FAST_PATHS = {
+    **{f"uniform{b}_{'sym' if s else 'asym'}_{'pc' if pc else 'pt'}": partial(UniformQuantizer, b, pc, s)
+       for b in (1, 2, 3, 8) for s in (True, False) for pc in (True, False)},
+    "bwn_pt": partial(BinaryQuantizer, 1, per_channel=False),
+    "twn_pt": partial(TernaryWeightQuantizer, 2, per_channel=False),
+    **{f"pow2_{b}_{r}_{'pc' if pc else 'pt'}": partial(PowerOfTwoQuantizer, b, pc, rounding=r)
+       for b in (2, 4, 6) for r in ("log", "linear") for pc in (True, False)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAST_PATHS))
+@settings(max_examples=10, deadline=None)
+@given(w=weights)
+@example(w=ODD["zero_row"])
+@example(w=ODD["tiny"])
+@example(w=ODD["huge"])
+def test_training_fast_path_equals_the_code_path(name, w):
+    """``quantize`` (training's fused float path) gives exactly dequantize(compute_codes(w))."""
+    w = torch.from_numpy(w)
+    q = FAST_PATHS[name]()
+    codes, params = q.compute_codes(w)
+    assert torch.equal(q.quantize(w), q.dequantize(codes, params, w)), name

@@ -230,6 +230,9 @@ class Trainer:
 
             train_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
+            # a frame inductor cannot build (no C++ toolchain, an unsupported op) runs eagerly
+            # with a logged warning instead of ending the run
+            torch._dynamo.config.suppress_errors = True
             train_model = torch.compile(train_model)
         sampler = ResumableSampler(len(bundle.train), self.seed, shuffle=True, rank=self.dist.rank,
                                    world_size=self.dist.world_size)
@@ -312,7 +315,9 @@ class Trainer:
                     if i >= total:
                         break
                     batch = to_device(batch, self.device)
-                    with torch.autocast(self.device.type, enabled=amp):
+                    # cached(): each quantized weight is computed once per forward, however often
+                    # the model reads it (nn.LSTM/GRU read every weight twice per call)
+                    with torch.autocast(self.device.type, enabled=amp), parametrize.cached():
                         loss, n = task.loss(train_model, batch)
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()

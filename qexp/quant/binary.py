@@ -27,6 +27,16 @@ class BinaryQuantizer(Quantizer):
         alpha = stat_rows(w, self.per_channel).float().abs().mean(dim=1)
         return (w >= 0).to(torch.int64), {"scale": alpha}
 
+    def quantize(self, w):
+        # training's hot path: +-alpha directly, the same numbers as dequantize(compute_codes(w))
+        if w.dtype != torch.float32:
+            return super().quantize(w)
+        w = w.detach()
+        alpha = expand_stat(stat_rows(w, self.per_channel).abs().mean(dim=1), w, self.per_channel)
+        # copysign is one float kernel (a bool mask + where is three); + 0.0 turns -0.0 into +0.0,
+        # which the codes count as non-negative
+        return torch.copysign(alpha.expand_as(w), w + 0.0)
+
     def dequantize(self, codes, params, w_like):
         alpha = expand_stat(params["scale"].to(w_like.device, torch.float32), w_like, self.per_channel)
         return ((codes.to(w_like.device, torch.float32) * 2 - 1) * alpha).to(w_like.dtype)
@@ -49,15 +59,30 @@ class TernaryWeightQuantizer(Quantizer):
         super().__init__(bits, per_channel)
         self.threshold = float(threshold)
 
+    def _split(self, wf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keep, alpha): 1.0 where |w| is above the threshold (else 0.0), and each row's mean
+        kept magnitude (0 for a row that keeps none).  Float masks throughout: on CPU a bool
+        mask costs two to three times a float kernel, and this runs on every training step."""
+        mag = wf.abs()
+        # |w| - delta > 0 exactly when |w| > delta (IEEE subtraction is 0 only for equal operands)
+        keep = (mag - mag.sum() * (self.threshold / mag.numel())).sign_().clamp_(min=0.0)
+        kept = stat_rows(mag.mul_(keep), self.per_channel).sum(dim=1)
+        count = stat_rows(keep, self.per_channel).sum(dim=1)
+        return keep, kept / count.clamp_min(1.0)  # kept is 0 where count is 0
+
     def compute_codes(self, w):
         wf = w.float()
-        delta = self.threshold * wf.abs().mean()
-        keep = wf.abs() > delta
-        rows_abs = stat_rows(wf.abs() * keep, self.per_channel)
-        count = stat_rows(keep, self.per_channel).sum(dim=1)
-        alpha = torch.where(count > 0, rows_abs.sum(dim=1) / count.clamp_min(1), torch.zeros_like(count, dtype=wf.dtype))
-        codes = torch.where(keep, torch.where(wf > 0, 2, 0), 1).to(torch.int64)
+        keep, alpha = self._split(wf)
+        codes = torch.where(keep > 0, torch.where(wf > 0, 2, 0), 1).to(torch.int64)
         return codes, {"scale": alpha}
+
+    def quantize(self, w):
+        # training's hot path: {-alpha, 0, +alpha} directly, as dequantize(compute_codes(w)) gives
+        if w.dtype != torch.float32:
+            return super().quantize(w)
+        w = w.detach()
+        keep, alpha = self._split(w)
+        return w.sign().mul_(keep).mul_(expand_stat(alpha, w, self.per_channel))
 
     def dequantize(self, codes, params, w_like):
         alpha = expand_stat(params["scale"].to(w_like.device, torch.float32), w_like, self.per_channel)

@@ -40,15 +40,22 @@ def pow2_exponents(x: torch.Tensor, rounding: str) -> torch.Tensor:
 def pow2_codes(x: torch.Tensor, n_hi: torch.Tensor, n_exp: int, bits: int, rounding: str) -> torch.Tensor:
     """Codes of ``x`` on the levels {0, +-2^(n_hi - n_exp + 1) .. +-2^n_hi} (``n_hi`` broadcast
     against ``x``).  Below the lowest level's lower midpoint a weight becomes 0."""
+    zero, e = pow2_levels(x, n_hi, n_exp, rounding)
+    j = (n_hi - e + 1).to(torch.int64)
+    sign = (x < 0).to(torch.int64)
+    return torch.where(zero, torch.zeros_like(j), (sign << (bits - 1)) | j)
+
+
+def pow2_levels(x: torch.Tensor, n_hi: torch.Tensor, n_exp: int, rounding: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(zero, e): where ``x`` becomes 0, and elsewhere its exponent clamped into the window
+    [n_hi - n_exp + 1, n_hi] (integer-valued floats)."""
     e = pow2_exponents(x, rounding)
     n_lo = n_hi - (n_exp - 1)
     if rounding == "log":
         zero = (x == 0) | (e < n_lo)
     else:  # INQ: 0 below (0 + 2^n_lo) / 2
         zero = x.abs().float() < torch.ldexp(torch.ones_like(n_lo), n_lo - 1)
-    j = (n_hi - torch.minimum(torch.maximum(e, n_lo), n_hi) + 1).to(torch.int64)
-    sign = (x < 0).to(torch.int64)
-    return torch.where(zero, torch.zeros_like(j), (sign << (bits - 1)) | j)
+    return zero, torch.minimum(torch.maximum(e, n_lo), n_hi)
 
 
 def pow2_values(codes: torch.Tensor, n_hi: torch.Tensor, bits: int) -> torch.Tensor:
@@ -92,6 +99,17 @@ class PowerOfTwoQuantizer(Quantizer):
         codes = pow2_codes(x, expand_stat(n_hi.float(), x, self.per_channel), self.n_exp, self.bits, self.rounding)
         params["n_hi"] = n_hi
         return codes, params
+
+    def quantize(self, w):
+        # training's hot path: +-2^e straight from the exponents, the same numbers as
+        # dequantize(compute_codes(w)) (the integer exponents survive the code round trip exactly)
+        if w.dtype != torch.float32 or self.learn_scale:
+            return super().quantize(w)
+        w = w.detach()
+        n_hi = expand_stat(top_exponent(w, self.per_channel, self.rounding).float(), w, self.per_channel)
+        zero, e = pow2_levels(w, n_hi, self.n_exp, self.rounding)
+        mag = torch.ldexp(torch.ones_like(e), e)
+        return torch.where(w < 0, -mag, mag).masked_fill_(zero, 0.0)
 
     def dequantize(self, codes, params, w_like):
         n_hi = expand_stat(params["n_hi"].to(w_like.device, torch.float32), w_like, self.per_channel)
@@ -138,11 +156,20 @@ class INQQuantizer(Quantizer):
         self.register_buffer("n1", torch.zeros(1, dtype=torch.int16))
         self.register_buffer("frozen", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("frozen_codes", torch.zeros(0, dtype=torch.int16))
+        # Python mirrors of ``ratio`` and of how many weights are frozen: the per-step check
+        # "does this stage freeze more?" then reads no device memory (no host sync on CUDA)
+        self._ratio = float(self.ratio)
+        self._n_frozen = 0
 
     def attach(self, w: torch.Tensor) -> None:
         super().attach(w)
         self.frozen = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
         self.frozen_codes = torch.zeros(w.shape, dtype=torch.int16, device=w.device)
+        self._n_frozen = 0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ratio, self._n_frozen = float(self.ratio), int(self.frozen.sum())  # once per load
 
     def stage_plan(self):
         return ([{"ratio": 0.0}] if self.pretrain_stage else []) + [{"ratio": r} for r in self.ratios]
@@ -150,15 +177,16 @@ class INQQuantizer(Quantizer):
     def set_stage(self, index: int) -> None:
         super().set_stage(index)
         plan = self.stage_plan()
-        self.ratio.fill_(plan[min(index, len(plan) - 1)]["ratio"])
+        self._ratio = plan[min(index, len(plan) - 1)]["ratio"]
+        self.ratio.fill_(self._ratio)
 
     @torch.no_grad()
     def sync(self, w: torch.Tensor) -> None:
         """Freeze the next partition(s) if the stage's ratio asks for more frozen weights."""
         if self.frozen.shape != w.shape:
             self.attach(w)
-        target = min(w.numel(), int(math.floor(float(self.ratio) * w.numel() + 0.5)))
-        have = int(self.frozen.sum())
+        target = min(w.numel(), int(math.floor(self._ratio * w.numel() + 0.5)))
+        have = self._n_frozen
         if target <= have:
             return
         if have == 0:  # the first partition fixes the levels
@@ -170,6 +198,7 @@ class INQQuantizer(Quantizer):
         codes = pow2_codes(w.reshape(-1)[idx], n1, self.n_exp, self.bits, "linear")
         self.frozen_codes.view(-1)[idx] = codes.to(torch.int16)
         self.frozen.view(-1)[idx] = True
+        self._n_frozen = target
 
     def compute_codes(self, w):
         self.sync(w)

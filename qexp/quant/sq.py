@@ -35,7 +35,7 @@ _EPS = 1e-7
 
 def selection_probabilities(errors: torch.Tensor, prob: str = "linear", eps: float = _EPS) -> torch.Tensor:
     """dong2017's p_i = f(q_i) / sum_j f(q_j) with q_i = 1 / (e_i + eps)."""
-    x = 1.0 / (errors.double() + eps)
+    x = 1.0 / (errors.float() + eps)  # float32 is plenty: the largest value is 1/eps = 1e7
     if prob == "constant":
         f = torch.ones_like(x)
     elif prob == "linear":
@@ -46,18 +46,23 @@ def selection_probabilities(errors: torch.Tensor, prob: str = "linear", eps: flo
         f = torch.sigmoid(x)
     else:
         raise ValueError(prob)
-    return (f / f.sum()).float()
+    return f / f.sum()
 
 
-def roulette_without_replacement(p: torch.Tensor, n: int) -> torch.Tensor:
+def roulette_without_replacement(p: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """A bool mask with ``n`` of ``len(p)`` entries drawn without replacement with probabilities
-    ``p`` (sequential roulette: each pick removes its entry and renormalises the rest)."""
+    ``p`` (sequential roulette: each pick removes its entry and renormalises the rest), written
+    into ``out`` when given (no allocation on the training path)."""
     m = p.numel()
-    selected = torch.zeros(m, dtype=torch.bool, device=p.device)
+    selected = torch.zeros(m, dtype=torch.bool, device=p.device) if out is None else out.zero_()
     if n >= m:
         selected.fill_(True)
     elif n > 0:
-        selected[torch.multinomial(p, n, replacement=False)] = True
+        # Efraimidis-Spirakis: the n largest p_i / E_i (E_i ~ Exp(1)) are a sequential roulette
+        # draw without replacement; the algorithm torch.multinomial uses, minus its input checks
+        # (a third of an SQ forward on CPU, and a host sync on CUDA)
+        keys = p / torch.empty_like(p).exponential_()
+        selected.index_fill_(0, torch.topk(keys, n, sorted=False).indices, True)
     return selected
 
 
@@ -92,6 +97,7 @@ class StochasticQuantizer(Quantizer):
         self.prob = prob
         self.ratios = self_ratios
         self.register_buffer("ratio", torch.tensor(self.ratios[0]))
+        self._ratio = self.ratios[0]  # Python mirror of the buffer: no device sync per forward
         self.register_buffer("selected", torch.ones(0, dtype=torch.bool))
 
     # -- state ------------------------------------------------------------------------------
@@ -109,12 +115,17 @@ class StochasticQuantizer(Quantizer):
 
     def set_stage(self, index: int) -> None:
         super().set_stage(index)
-        self.ratio.fill_(self.ratios[min(index, len(self.ratios) - 1)])
-        if float(self.ratio) >= 1.0:
+        self._ratio = self.ratios[min(index, len(self.ratios) - 1)]
+        self.ratio.fill_(self._ratio)
+        if self._ratio >= 1.0:
             self.selected.fill_(True)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ratio = float(self.ratio)
+
     def n_selected(self, rows: int) -> int:
-        return min(rows, int(math.floor(float(self.ratio) * rows + 0.5)))
+        return min(rows, int(math.floor(self._ratio * rows + 0.5)))
 
     # -- the stochastic part ----------------------------------------------------------------
     def row_errors(self, w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -122,12 +133,12 @@ class StochasticQuantizer(Quantizer):
         return (rows - qrows).abs().sum(dim=1) / rows.abs().sum(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
 
     def draw(self, w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """A fresh selection for ``w`` given its base-quantized value ``q``."""
-        rows = channel_view(w).shape[0]
-        n = self.n_selected(rows)
-        if n >= rows:
-            return torch.ones(rows, dtype=torch.bool, device=w.device)
-        return roulette_without_replacement(selection_probabilities(self.row_errors(w, q), self.prob), n)
+        """A fresh selection for ``w`` given its base-quantized value ``q``, into ``selected``."""
+        n = self.n_selected(self.selected.numel())
+        if n >= self.selected.numel():
+            return self.selected.fill_(True)
+        return roulette_without_replacement(selection_probabilities(self.row_errors(w, q), self.prob), n,
+                                            out=self.selected)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.is_enabled:
@@ -136,7 +147,10 @@ class StochasticQuantizer(Quantizer):
         self._ensure(wd)
         q = self.base_q.quantize(wd)
         if self.training:
-            self.selected.copy_(self.draw(wd, q))
+            if self.n_selected(self.selected.numel()) >= self.selected.numel():
+                self.selected.fill_(True)
+                return ste(w, q)  # every row quantized (the last stage): nothing to draw or mix
+            self.draw(wd, q)
         # the same values dequantize() rebuilds from the export: base values on selected rows
         # (elementwise, so computing them for every row changes nothing), float rows as they are
         return ste(w, torch.where(per_row(self.selected, wd), q, wd))

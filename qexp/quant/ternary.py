@@ -63,10 +63,16 @@ class HwangSungQuantizer(Quantizer):
         self.candidates = candidates
         # the fitted step(s); 0 = not fitted yet (fitted from the weights at the next use)
         self.register_buffer("step", torch.zeros(1))
+        self._fitted = False  # Python mirror of "step is fitted": no host sync per forward
 
     def attach(self, w: torch.Tensor) -> None:
         super().attach(w)
         self.step = torch.zeros(stat_rows(w, self.per_channel).shape[0], device=w.device)
+        self._fitted = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._fitted = bool((self.step > 0).all())  # once per load
 
     def stage_plan(self):
         return [{"phase": "float"}, {"phase": "retrain"}]
@@ -75,6 +81,7 @@ class HwangSungQuantizer(Quantizer):
         super().set_stage(index)
         self.set_enabled(index >= 1)
         self.step.zero_()  # re-fit Delta from the weights the new stage starts with
+        self._fitted = False
 
     def fit_step(self, w: torch.Tensor) -> torch.Tensor:
         return l2_optimal_step(stat_rows(w, self.per_channel), self.levels, self.candidates)
@@ -83,8 +90,9 @@ class HwangSungQuantizer(Quantizer):
         rows = stat_rows(w, self.per_channel).shape[0]
         if self.refit_step:
             return self.fit_step(w)
-        if self.step.numel() != rows or not bool((self.step > 0).all()):
+        if self.step.numel() != rows or not self._fitted:
             self.step = self.fit_step(w).to(self.step.device)
+            self._fitted = True
         return self.step.clone()
 
     def compute_codes(self, w):

@@ -38,24 +38,48 @@ class UniformQuantizer(Quantizer):
     def _expand(self, stat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return expand_stat(stat, w, self.per_channel)
 
-    def compute_codes(self, w):
+    def _grid(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The side tensors of ``w``'s grid: ``scale`` (and ``zero`` when asymmetric), per row."""
         rows = self._stat_rows(w).float()
         k = self.bits
         if self.symmetric:
             if k == 1:
-                scale = rows.abs().mean(dim=1).clamp_min(_EPS)
-                codes = (w >= 0).to(torch.int64)
-                return codes, {"scale": scale}
-            qmax = 2 ** (k - 1) - 1
-            scale = (rows.abs().amax(dim=1) / qmax).clamp_min(_EPS)
-            q = torch.clamp(torch.round(w / self._expand(scale, w)), -(qmax + 1), qmax)
-            return (q + 2 ** (k - 1)).to(torch.int64), {"scale": scale}
+                return {"scale": rows.abs().mean(dim=1).clamp_min(_EPS)}
+            return {"scale": (rows.abs().amax(dim=1) / (2 ** (k - 1) - 1)).clamp_min(_EPS)}
         lo = rows.amin(dim=1).clamp(max=0.0)
         hi = rows.amax(dim=1).clamp(min=0.0)
         scale = ((hi - lo) / (2**k - 1)).clamp_min(_EPS)
-        zero = torch.round(-lo / scale)
-        q = torch.clamp(torch.round(w / self._expand(scale, w)) + self._expand(zero, w), 0, 2**k - 1)
-        return q.to(torch.int64), {"scale": scale, "zero": zero}
+        return {"scale": scale, "zero": torch.round(-lo / scale)}
+
+    def _levels(self, w: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Integer-valued float levels: q in [-2^(k-1), 2^(k-1)) (symmetric) or [0, 2^k)."""
+        k = self.bits
+        scaled = torch.round(w / self._expand(params["scale"], w))
+        if self.symmetric:
+            return scaled.clamp_(-(2 ** (k - 1)), 2 ** (k - 1) - 1)
+        return scaled.add_(self._expand(params["zero"], w)).clamp_(0, 2**k - 1)
+
+    def compute_codes(self, w):
+        params = self._grid(w)
+        if self.symmetric and self.bits == 1:
+            return (w >= 0).to(torch.int64), params
+        shift = 2 ** (self.bits - 1) if self.symmetric else 0
+        return (self._levels(w, params) + shift).to(torch.int64), params
+
+    def quantize(self, w):
+        # the hot path of training: the same numbers dequantize(compute_codes(w)) gives (the
+        # levels are small integers, exact in float32), without the int64 round trip
+        if w.dtype != torch.float32:
+            return super().quantize(w)
+        w = w.detach()
+        params = self._grid(w)
+        scale = self._expand(params["scale"], w)
+        if self.symmetric and self.bits == 1:
+            return torch.copysign(scale.expand_as(w), w + 0.0)  # +0.0: -0.0 counts as >= 0, as in the codes
+        q = self._levels(w, params)
+        if not self.symmetric:
+            q.sub_(self._expand(params["zero"], w))
+        return q.mul_(scale)
 
     def dequantize(self, codes, params, w_like):
         scale = self._expand(params["scale"].to(w_like.device, torch.float32), w_like)
