@@ -18,7 +18,9 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -239,8 +241,12 @@ def run(quick: bool = False, out: str | Path = "results/bench.json", compile_che
         "device": "cpu", "torch": torch.__version__, "python": platform.python_version()},
         "method": ("median over rounds of time(candidate) / time(fp32) in the same round; candidates "
                    "alternate within a round; spread = quartiles of those per-round ratios")}
-    rounds = rounds or (5 if quick else 25)
+    rounds = rounds or (5 if quick else 40)
     warmup = 2 if quick else 5
+    cold_cache = None
+    if compile_check and not quick and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        # an empty inductor cache, so compile_s is what a first run on a fresh machine pays
+        cold_cache = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="qexp-bench-inductor-")
     for mname, (make, batch_fn) in _models(quick).items():
         if models and mname not in models:
             continue
@@ -280,6 +286,9 @@ def run(quick: bool = False, out: str | Path = "results/bench.json", compile_che
         row["_eval_exported_vs_fp32"] = ev["ratio"]
         row["_eval_spread"] = [ev["q1"], ev["q3"]]
         result[mname] = row
+    if cold_cache:
+        shutil.rmtree(cold_cache, ignore_errors=True)
+        del os.environ["TORCHINDUCTOR_CACHE_DIR"]
     result["packed_vs_limit"] = packed_vs_limit(_models(True)["mlp_digits"][0])
     result["targets"] = check_targets(result)
     if out:
@@ -355,7 +364,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true", help="small batch, few rounds (smoke test)")
     parser.add_argument("--out", default="results/bench.json", help="where to write the JSON ('' = nowhere)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
-    parser.add_argument("--rounds", type=int, default=None, help="timing rounds per model (default 25; quick 5)")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds per model (default 40; quick 5)")
     parser.add_argument("--models", default=None,
                         help="comma-separated subset of resnet20, mlp_digits, rnn_speech (default: all)")
     args = parser.parse_args(argv)
