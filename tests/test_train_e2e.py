@@ -3,6 +3,7 @@
 import json
 import re
 
+import pytest
 import torch
 
 from qexp.run import train
@@ -67,3 +68,14 @@ def test_cli_default_and_4bit(tmp_path, cli):
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear):
             assert torch.equal(mod.weight, plain.get_submodule(name).weight)
+
+
+@pytest.mark.slow
+def test_compiled_sq_run_trains_through_its_stages(tmp_path, compose_cfg):
+    """trainer.compile=true (on in the conv-net experiments) with SQ's four ratio stages: the run
+    completes, learns, and its exported size is that of the 2-bit weights."""
+    cfg = compose_cfg("model=cnn", "quant=sq", "bits=2", "trainer.epochs=4", "trainer.compile=true")
+    record = train(cfg, tmp_path)
+    assert record["status"] == "completed" and record["epochs"] == 4
+    assert record["final"]["accuracy"] > 0.85
+    assert record["memory"]["reduction"] > 8
