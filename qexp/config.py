@@ -150,16 +150,20 @@ def validate_quant(quant: DictConfig) -> None:
     target = q.pop("_target_", None)
     if target is None:
         return
-    for k in ("name", "skip", "stage_epochs", "act_bits"):
+    stage_epochs = q.pop("stage_epochs", None)
+    for k in ("name", "skip", "act_bits"):
         q.pop(k, None)
     try:
         cls = get_class(target)
     except Exception:  # noqa: BLE001
         raise QexpError(f"quant={name}: quantizer class {target} cannot be imported") from None
     try:
-        cls(**q)
+        quantizer = cls(**q)
     except TypeError as exc:
         raise QexpError(f"quant={name}: {exc}") from None
+    from qexp.quant.base import resolve_stage_epochs
+
+    resolve_stage_epochs(stage_epochs, len(quantizer.stage_plan()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -402,6 +402,19 @@ def test_trainer_splits_epochs_evenly_over_stages():
     assert stage_epochs(handle, 10) == [2, 2, 2, 2, 2]
 
 
+def test_stage_epochs_from_the_command_line():
+    """quant.stage_epochs is a key of every staged quantizer: an integer gives each stage that many
+    epochs (dong2017's recipe: every SQ ratio stage a full schedule), a list sets them one by one."""
+    from qexp.config import compose
+    from qexp.engine.trainer import stage_epochs
+
+    for override, want in (("quant.stage_epochs=30", [30] * 4), ("quant.stage_epochs=[1,2,3,4]", [1, 2, 3, 4]),
+                           ("quant.stage_epochs=null", [2, 2, 2, 3])):
+        cfg = compose(["quant=sq", "bits=2", override])
+        handle = apply_quantization(small_model(), cfg.quant)
+        assert stage_epochs(handle, 9) == want, override
+
+
 # ---------------------------------------------------------------------------------------------
 # memory (measured from the packed export) and argument checks
 # ---------------------------------------------------------------------------------------------
@@ -458,6 +471,8 @@ def test_memory_reduction_on_the_mlp():
     (["quant=bwn", "quant.bits=2"], "quant.bits=2"),
     (["quant=pow2", "bits=3", "quant.rounding=ceil"], "quant.rounding='ceil'"),
     (["quant=fixed", "bits=5", "quant.frac_bits=100"], "quant.frac_bits=100"),
+    (["quant=sq", "bits=2", "quant.stage_epochs=[5,5]"], "quant.stage_epochs=[5, 5]"),
+    (["quant=ternary", "quant.stage_epochs=0"], "quant.stage_epochs=0"),
 ])
 def test_bad_quantizer_arguments_are_one_line_errors(overrides, fragment):
     from qexp.config import check_overrides

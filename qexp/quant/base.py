@@ -283,6 +283,18 @@ def _resolve_skip(entries: list[tuple[str, nn.Module, str]], skip: list[str]) ->
     return skipped
 
 
+def resolve_stage_epochs(stage_epochs: Any, n_stages: int) -> list[int] | None:
+    """``quant.stage_epochs`` as one positive integer per stage (an integer means: each stage);
+    None stays None (the trainer splits ``trainer.epochs`` evenly)."""
+    if stage_epochs is None:
+        return None
+    values = list(stage_epochs) if isinstance(stage_epochs, (list, tuple)) else [stage_epochs] * n_stages
+    if len(values) != n_stages or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in values):
+        raise QexpError(f"quant.stage_epochs={stage_epochs} must be one positive integer per stage ({n_stages} stages), "
+                        f"or one integer for every stage")
+    return values
+
+
 @dataclass
 class QuantHandle:
     """What ``apply_quantization`` attached: the quantizers by parameter key, and the stages."""
@@ -350,13 +362,7 @@ def apply_quantization(model: nn.Module, quant_cfg: Any) -> QuantHandle:
         raise QexpError(f"quant={name} quantizes no layer of this model (quant.skip={skip}); use quant.skip=[] or quant=fp32")
     first = next(iter(quantizers.values()))
     stages = first.stage_plan()
-    if stage_epochs is not None:
-        stage_epochs = [int(e) for e in (stage_epochs if isinstance(stage_epochs, list) else [stage_epochs] * len(stages))]
-        if len(stage_epochs) != len(stages) or any(e < 1 for e in stage_epochs):
-            raise QexpError(
-                f"quant.stage_epochs={stage_epochs} must be one positive integer per stage ({len(stages)} stages)"
-            )
-    handle = QuantHandle(name, quantizers, owners, sorted(skipped), stages, stage_epochs)
+    handle = QuantHandle(name, quantizers, owners, sorted(skipped), stages, resolve_stage_epochs(stage_epochs, len(stages)))
     handle.set_stage(0)
     return handle
 
