@@ -13,7 +13,7 @@ def fake_record(run_dir, model, quant, acc, seed, reduction=1.0, experiment=None
     if experiment:
         choices["experiment"] = experiment
     config = {"model": {"width": (extra or {}).get("width")}, "quant": {"name": quant, **(extra or {}).get("quant", {})},
-              "seed": seed}
+              "seed": seed, "trainer": {"epochs": (extra or {}).get("epochs", 30)}}
     write_record(run_dir, {
         "status": "completed", "metric": "accuracy", "higher_is_better": True,
         "final": {"accuracy": acc}, "best": {"accuracy": acc},
@@ -34,11 +34,13 @@ def test_dong2017_table_side_by_side(tmp_path, cli):
     assert done.returncode == 0, done.stderr
     md = (out / "dong2017.md").read_text()
     rows = {ln.split("|")[1].strip() + "@" + str(i): ln for i, ln in enumerate(md.splitlines()) if ln.startswith("| ")}
-    fp32 = next(v for k, v in rows.items() if k.startswith("FP32@"))
+    fp32 = next(v for k, v in rows.items() if k.startswith("FP32 (30 epochs)@"))
     assert "97.00" in fp32 and "| 2 |" in fp32  # mean of two seeds, n = 2
     assert "1.41" in fp32  # std of (98, 96)
-    bwn = next(v for k, v in rows.items() if k.startswith("BWN@"))
+    bwn = next(v for k, v in rows.items() if k.startswith("BWN (30 epochs)@"))
     assert "95.00" in bwn and "25.00x" in bwn
+    # the 120-epoch control row matches on config.trainer.epochs, so the 30-epoch run is not in it
+    assert "**missing**" in next(v for k, v in rows.items() if k.startswith("BWN (120 epochs)@"))
     assert md.count("**missing** (no runs)") >= 6  # SQ rows of the mini table + 4 paper-scale rows
     twn_paper = [v for k, v in rows.items() if k.startswith("TWN@") and "90.13" in v][0]
     assert "90.50" in twn_paper and "+0.37" in twn_paper  # ours, paper, difference
