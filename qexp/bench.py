@@ -147,18 +147,19 @@ def time_steps(steppers: dict[str, Callable[[], None]], warmup: int, rounds: int
     """Seconds per call of each candidate, one sample per round.
 
     The candidates alternate within every round, so machine drift (other jobs, clock changes)
-    hits them alike, and the order rotates from round to round; a sample repeats a fast call until it lasts ``min_sample_s`` (the same
-    count for every candidate), so timer and scheduler jitter stay small against it.
+    hits them alike, and the order rotates from round to round.  A sample repeats the call as
+    often as the fastest candidate needs to last ``min_sample_s`` (the same count for every
+    candidate), so timer and scheduler jitter stay small against it.
     """
     for fn in steppers.values():
         for _ in range(warmup):
             fn()
-    slowest = 0.0
+    fastest = math.inf
     for fn in steppers.values():
         t0 = time.perf_counter()
         fn()
-        slowest = max(slowest, time.perf_counter() - t0)
-    inner = max(1, math.ceil(min_sample_s / max(slowest, 1e-9)))
+        fastest = min(fastest, time.perf_counter() - t0)
+    inner = max(1, math.ceil(min_sample_s / max(fastest, 1e-9)))
     samples: dict[str, list[float]] = {k: [] for k in steppers}
     names = list(steppers)
     for r in range(rounds):
@@ -290,7 +291,9 @@ def run(quick: bool = False, out: str | Path = "results/bench.json", compile_che
         shutil.rmtree(cold_cache, ignore_errors=True)
         del os.environ["TORCHINDUCTOR_CACHE_DIR"]
     result["packed_vs_limit"] = packed_vs_limit(_models(True)["mlp_digits"][0])
-    result["targets"] = check_targets(result)
+    # the bounds are for ResNet-20 at batch 128: a quick run (batch 32) is a smoke test only
+    result["targets"] = [] if quick else check_targets(result)
+    result["quick"] = quick
     if out:
         from qexp.report.store import atomic_write_json
 
@@ -349,9 +352,12 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"| {mname} | exported model, inference | {row['_eval_exported_vs_fp32']:.3f} ({lo:.3f}–{hi:.3f}) | | |")
     lines += ["", "| quantizer | packed bytes / bit-count limit |", "|---|---|"]
     lines += [f"| {q} | {r:.4f} |" for q, r in result["packed_vs_limit"].items()]
-    lines += ["", "| target | limit | measured | met |", "|---|---|---|---|"]
-    lines += [f"| {c['what']} | ≤ {c['limit']} | {c['measured']:.3f} | {'yes' if c['met'] else 'NO'} |"
-              for c in result.get("targets", []) if not c["what"].startswith("packed")]
+    timing = [c for c in result.get("targets", []) if not c["what"].startswith("packed")]
+    if timing:
+        lines += ["", "| target | limit | measured | met |", "|---|---|---|---|"]
+        lines += [f"| {c['what']} | ≤ {c['limit']} | {c['measured']:.3f} | {'yes' if c['met'] else 'NO'} |" for c in timing]
+    if result.get("quick"):
+        lines.append("note: --quick is a smoke run (ResNet-20 at batch 32, 5 rounds); the bounds are checked on full runs only")
     for n in result.get("notes", []):
         lines.append(f"note: {n}")
     return "\n".join(lines)
