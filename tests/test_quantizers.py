@@ -487,3 +487,12 @@ def test_sq_auto_base_follows_bits():
     assert StochasticQuantizer(1).base_q.kind == "bwn"
     assert StochasticQuantizer(2).base_q.kind == "twn"
     assert isinstance(StochasticQuantizer(4).base_q, UniformQuantizer)
+
+
+def test_power_of_two_is_exact_over_the_float32_exponent_range():
+    from qexp.quant.pow2 import power_of_two
+
+    e = torch.arange(-149, 128, dtype=torch.float32)
+    for reps in (1, 37):  # short tensors take the scalar path, long ones the vectorised one
+        ee = e.repeat(reps)
+        assert torch.equal(power_of_two(ee), torch.ldexp(torch.ones_like(ee), ee))
