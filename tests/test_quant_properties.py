@@ -121,6 +121,7 @@ FAST_PATHS = {
 @example(w=ODD["zero_row"])
 @example(w=ODD["tiny"])
 @example(w=ODD["huge"])
+@example(w=np.array([[-0.0, 1.1754944e-38]], np.float32))  # a window at the bottom of float32
 def test_training_fast_path_equals_the_code_path(name, w):
     """``quantize`` (training's fused float path) gives exactly dequantize(compute_codes(w))."""
     w = torch.from_numpy(w)

@@ -59,8 +59,8 @@ def pow2_levels(x: torch.Tensor, n_hi: torch.Tensor, n_exp: int, rounding: str) 
     n_lo = n_hi - (n_exp - 1)
     if rounding == "log":
         zero = (x == 0) | (e < n_lo)
-    else:  # INQ: 0 below (0 + 2^n_lo) / 2
-        zero = x.abs().float() < torch.ldexp(torch.ones_like(n_lo), n_lo - 1)
+    else:  # INQ: 0 below (0 + 2^n_lo) / 2 (a bound that can underflow to 0 when n_lo <= -149)
+        zero = (x == 0) | (x.abs().float() < torch.ldexp(torch.ones_like(n_lo), n_lo - 1))
     return zero, torch.minimum(torch.maximum(e, n_lo), n_hi)
 
 
