@@ -196,17 +196,14 @@ def packed_vs_limit(make: Callable[[], nn.Module]) -> dict[str, float]:
 
 def eval_throughput(make: Callable[[], nn.Module], batch: tuple, quant: str = "uniform4", rounds: int = 15) -> dict:
     """Exported model (decoded once, plain float) vs FP32: ratio of inference times (1.0 = same)."""
-    from hydra.utils import get_class
-
+    from qexp.export import quantizer_factory
     from qexp.report.memory import decode_export
 
     fp = quantized(make, None).eval()
     q, handle = quantized_with_handle(make, quant)
     export = export_packed(q, handle)
-    cfg = {k: v for k, v in QUANTS[quant].items() if k not in ("name", "_target_")}
-    cls = get_class(QUANTS[quant]["_target_"])
     plain = make()
-    plain.load_state_dict(decode_export(export, lambda: cls(**cfg)))
+    plain.load_state_dict(decode_export(export, quantizer_factory(QUANTS[quant])))
     plain.eval()
     x = batch[0]
     with torch.no_grad():

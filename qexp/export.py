@@ -26,7 +26,8 @@ from qexp.report.store import RECORD, atomic_write_bytes, read_record
 EXPORT_NAME = "model.qexp.pt"
 
 
-def _quantizer_factory(quant_cfg: dict[str, Any]):
+def quantizer_factory(quant_cfg: dict[str, Any]):
+    """A maker of fresh quantizers of a run's kind (the decoder of its packed weights)."""
     q = {k: v for k, v in quant_cfg.items() if k not in ("name", "skip", "stage_epochs", "act_bits")}
     target = q.pop("_target_", None)
     if target is None:
@@ -70,7 +71,7 @@ def load_exported(path: str | Path) -> torch.nn.Module:
     cfg = OmegaConf.create(export["config"])
     model = instantiate(cfg.model, **export["model_kwargs"], _convert_="all")
     quant = OmegaConf.to_container(cfg.quant, resolve=True)
-    state = decode_export(export, _quantizer_factory(quant))
+    state = decode_export(export, quantizer_factory(quant))
     model.load_state_dict(state)
     return model
 

@@ -231,6 +231,13 @@ def ste(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return q.detach() + (w - w.detach())
 
 
+def signed_scale(scale: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """+scale where ``w >= 0``, -scale elsewhere: the values of 1-bit codes ``(w >= 0)`` in one
+    float kernel (a bool mask + where is three).  ``w + 0.0`` turns -0.0 into +0.0, which the
+    codes count as non-negative.  ``scale`` is broadcast against ``w``."""
+    return torch.copysign(scale.expand_as(w), w + 0.0)
+
+
 def _numel(shape: tuple[int, ...]) -> int:
     n = 1
     for s in shape:

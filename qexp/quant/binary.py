@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from qexp.errors import QexpError
-from qexp.quant.base import Quantizer, check_bits, expand_stat, stat_rows
+from qexp.quant.base import Quantizer, check_bits, expand_stat, signed_scale, stat_rows
 
 
 class BinaryQuantizer(Quantizer):
@@ -23,19 +23,18 @@ class BinaryQuantizer(Quantizer):
         check_bits(self.kind, bits, 1, 1)
         super().__init__(bits, per_channel)
 
+    def _alpha(self, w: torch.Tensor) -> torch.Tensor:
+        return stat_rows(w, self.per_channel).float().abs().mean(dim=1)
+
     def compute_codes(self, w):
-        alpha = stat_rows(w, self.per_channel).float().abs().mean(dim=1)
-        return (w >= 0).to(torch.int64), {"scale": alpha}
+        return (w >= 0).to(torch.int64), {"scale": self._alpha(w)}
 
     def quantize(self, w):
         # training's hot path: +-alpha directly, the same numbers as dequantize(compute_codes(w))
         if w.dtype != torch.float32:
             return super().quantize(w)
         w = w.detach()
-        alpha = expand_stat(stat_rows(w, self.per_channel).abs().mean(dim=1), w, self.per_channel)
-        # copysign is one float kernel (a bool mask + where is three); + 0.0 turns -0.0 into +0.0,
-        # which the codes count as non-negative
-        return torch.copysign(alpha.expand_as(w), w + 0.0)
+        return signed_scale(expand_stat(self._alpha(w), w, self.per_channel), w)
 
     def dequantize(self, codes, params, w_like):
         alpha = expand_stat(params["scale"].to(w_like.device, torch.float32), w_like, self.per_channel)

@@ -147,10 +147,9 @@ class StochasticQuantizer(Quantizer):
         self._ensure(wd)
         q = self.base_q.quantize(wd)
         if self.training:
-            if self.n_selected(self.selected.numel()) >= self.selected.numel():
-                self.selected.fill_(True)
-                return ste(w, q)  # every row quantized (the last stage): nothing to draw or mix
             self.draw(wd, q)
+            if self.n_selected(self.selected.numel()) >= self.selected.numel():
+                return ste(w, q)  # every row quantized (the last stage): nothing to mix
         # the same values dequantize() rebuilds from the export: base values on selected rows
         # (elementwise, so computing them for every row changes nothing), float rows as they are
         return ste(w, torch.where(per_row(self.selected, wd), q, wd))

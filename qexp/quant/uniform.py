@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from qexp.errors import QexpError
-from qexp.quant.base import Quantizer, check_bits, expand_stat, stat_rows
+from qexp.quant.base import Quantizer, check_bits, expand_stat, signed_scale, stat_rows
 
 _EPS = torch.finfo(torch.float32).tiny
 
@@ -75,7 +75,7 @@ class UniformQuantizer(Quantizer):
         params = self._grid(w)
         scale = self._expand(params["scale"], w)
         if self.symmetric and self.bits == 1:
-            return torch.copysign(scale.expand_as(w), w + 0.0)  # +0.0: -0.0 counts as >= 0, as in the codes
+            return signed_scale(scale, w)
         q = self._levels(w, params)
         if not self.symmetric:
             q.sub_(self._expand(params["zero"], w))
