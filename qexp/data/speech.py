@@ -424,7 +424,7 @@ def cached_splits(cache_dir: str | None, name: str, key: dict[str, Any],
     path = Path(cache_dir).expanduser() / name / f"{content_hash(key)}.pt" if cache_dir else None
     if path is not None and path.exists():
         try:
-            data = torch.load(path, weights_only=False)
+            data = torch.load(path, weights_only=True)  # a cache may be someone else's file: data only
             if data.get("key") == json.loads(json.dumps(key, default=str)):
                 info = dict(data["info"], cache=str(path), cached=True)
                 return _unpack_splits(data["splits"]), info
