@@ -434,6 +434,6 @@ def check_added_keys(job: list[str]) -> None:
         node = OmegaConf.select(base, parent, default=None) if parent else base
         if isinstance(node, DictConfig) and "_target_" in node and _accepts(str(node["_target_"]), leaf):
             continue
-        keys = ", ".join(k for k in node.keys() if k != "_target_") if isinstance(node, DictConfig) else ""
+        keys = ", ".join(k for k in node if k != "_target_") if isinstance(node, DictConfig) else ""
         where = f" of {parent}" if parent else ""
         raise QexpError(f"{key} is not a config key (added with +); allowed keys{where}: {keys}")

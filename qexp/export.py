@@ -17,8 +17,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from qexp.engine.checkpoint import latest_valid
 from qexp.config import check_targets, fingerprint_diff, fingerprint_keys, same_experiment
+from qexp.engine.checkpoint import latest_valid
 from qexp.errors import QexpError
 from qexp.quant.base import apply_quantization
 from qexp.report.memory import decode_export, export_packed, export_payload_bytes

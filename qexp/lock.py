@@ -50,7 +50,7 @@ class RunLock:
         self.fd = fd
         return True
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         try:
             got = self._try()
             if not got:
@@ -83,7 +83,7 @@ class RunLock:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

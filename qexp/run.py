@@ -27,9 +27,9 @@ from qexp.data.bundle import DataBundle
 from qexp.engine.trainer import Dist, Preempted, Trainer, seed_everything
 from qexp.errors import QexpError
 from qexp.launch import slurm_dist_env
+from qexp.lock import RunLock
 from qexp.quant.base import QuantHandle, apply_quantization
 from qexp.report.memory import measure_memory
-from qexp.lock import RunLock
 from qexp.report.store import (RECORD, RECORD_FORMAT, git_commit, read_record, remove_stale_temps, write_final_status,
                                write_record, write_status)
 

@@ -115,9 +115,10 @@ def test_crafted_last_pt_is_refused_and_prev_resumed(run, tmp_path, caplog):
     assert record["status"] == "completed" and [h["epoch"] for h in record["history"]] == [1, 2]
 
 
-def test_crafted_prev_pt_never_runs_when_last_is_fine(run, tmp_path):
+@pytest.mark.parametrize("slot", ["prev.pt", "next.pt"])
+def test_crafted_older_slot_never_runs_when_last_is_fine(run, tmp_path, slot):
     marker = tmp_path / "pwned"
-    crafted_checkpoint(run / "checkpoints" / "prev.pt", marker)
+    crafted_checkpoint(run / "checkpoints" / slot, marker)
     path, state = latest_valid(run / "checkpoints")
     assert not marker.exists()
     assert path.name == "last.pt" and state["epoch"] == 2
@@ -183,8 +184,12 @@ def test_nested_foreign_target_in_record(run, tmp_path, capsys):
 
 
 def test_crafted_speech_cache_is_rebuilt_not_run(tmp_path):
-    from qexp.data.speech import CACHE_VERSION, SpeechSplit, cached_splits, content_hash
+    import sys
 
+    from qexp.data.speech import SpeechSplit, cached_splits
+
+    cache_module = sys.modules[cached_splits.__module__]  # qexp.data.speech or its splits module
+    CACHE_VERSION, content_hash = cache_module.CACHE_VERSION, cache_module.content_hash
     marker = tmp_path / "pwned"
     key = {"n": 1}
     path = tmp_path / "cache" / "toy" / f"{content_hash({'version': CACHE_VERSION, 'name': 'toy', **key})}.pt"
@@ -347,7 +352,7 @@ def test_unwritable_checkpoints_folder(tmp_path, capsys):
 
 
 def test_disk_full_at_start_up_ends_failed(tmp_path, capsys, monkeypatch):
-    import qexp.report.store as store
+    from qexp.report import store
 
     real, calls = store.tempfile.mkstemp, []
 
