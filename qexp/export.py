@@ -58,7 +58,7 @@ def _load_weights(model: torch.nn.Module, state: Any, source: str) -> None:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError, AttributeError) as exc:
         raise QexpError(f"{source}: its weights do not fit the model its config describes "
-                        f"({str(exc).splitlines()[0][:160]})") from None
+                        f"({' '.join(str(exc).split())[:200]})") from None
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, dict[str, Any]]:

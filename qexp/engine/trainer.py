@@ -279,7 +279,7 @@ class Trainer:
                 set_rng_state(resumed["rng"])
             except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
                 raise QexpError(f"checkpoint {resumed['_path']} does not fit this run "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
                                 f"use trainer.resume=never to start over in a fresh sub-folder") from None
             log.info("resumed from %s at epoch %d step %d", resumed["_path"], state["epoch"], state["step_in_epoch"])
 
