@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from qexp.errors import QexpError
@@ -29,6 +30,17 @@ def _holder(path: Path) -> tuple[int | None, str]:
         return int(pid), host
     except (OSError, ValueError):
         return None, "?"
+
+
+def _dead_holder(path: Path) -> tuple[int, str] | None:
+    """The holder named in a held lock file when it is a process of this host that no longer
+    exists.  Read twice: a process that has just locked may not have written its PID yet."""
+    first = _holder(path)
+    pid, host = first
+    if pid is None or host != socket.gethostname() or pid_alive(pid):
+        return None
+    time.sleep(0.5)
+    return (pid, host) if _holder(path) == first else None
 
 
 class RunLock:
@@ -53,13 +65,11 @@ class RunLock:
     def acquire(self) -> RunLock:
         try:
             got = self._try()
-            if not got:
-                pid, host = _holder(self.path)
-                if pid is not None and host == socket.gethostname() and not pid_alive(pid):
-                    log.warning("taking over the lock of %s: its holder (PID %d on %s) is gone", self.path.parent,
-                                pid, host)
-                    self.path.unlink(missing_ok=True)
-                    got = self._try()
+            dead = None if got else _dead_holder(self.path)
+            if dead is not None:
+                log.warning("taking over the lock of %s: its holder (PID %d on %s) is gone", self.path.parent, *dead)
+                self.path.unlink(missing_ok=True)
+                got = self._try()
             if not got:
                 pid, host = _holder(self.path)
                 raise QexpError(f"{self.path.parent} is in use by another qexp process (PID {pid} on {host}); "

@@ -128,9 +128,12 @@ def settle_output_dir(argv: list[str], multirun: bool = False) -> list[str]:
     an override, so a bad folder is one line before Hydra starts (not its traceback)."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = next((a.split("=", 1)[1] for a in argv if a.startswith(f"{key}=")), None)
-    value = given.strip("'\"") if given is not None else resolve_output_dir(argv, key, multirun)
+    if given is not None and "${" not in given:
+        check_run_dir(given.strip("'\""), key)
+        return argv
+    value = resolve_output_dir(argv, key, multirun)
     check_run_dir(value, key)
-    return argv if given is not None else [*argv, f"{key}='{value}'"]
+    return [*(a for a in argv if not a.startswith(f"{key}=")), f"{key}='{value}'"]
 
 
 def fresh_subfolder(run_dir: Path) -> Path:
