@@ -159,10 +159,10 @@ def validate(cfg: DictConfig) -> None:
 
         if not torch.cuda.is_available():
             raise QexpError(f"trainer.device={cfg.trainer.device} but CUDA is not available here; use trainer.device=auto or cpu")
-    validate_quant(cfg.quant, cfg.trainer.epochs)
+    validate_quant(cfg.quant)
 
 
-def validate_quant(quant: DictConfig, epochs: int | None = None) -> None:
+def validate_quant(quant: DictConfig) -> None:
     from hydra.utils import get_class
 
     q = OmegaConf.to_container(quant, resolve=True)
@@ -193,11 +193,7 @@ def validate_quant(quant: DictConfig, epochs: int | None = None) -> None:
         raise QexpError(f"quant={name}: {exc}") from None
     from qexp.quant.base import resolve_stage_epochs
 
-    stages = len(quantizer.stage_plan())
-    resolve_stage_epochs(stage_epochs, stages)
-    if stage_epochs is None and epochs is not None and epochs < stages:
-        raise QexpError(f"trainer.epochs={epochs} is fewer than the {stages} stages of quant={name} (one epoch each at "
-                        f"least); use trainer.epochs>={stages} or set quant.stage_epochs")
+    resolve_stage_epochs(stage_epochs, len(quantizer.stage_plan()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,6 +110,15 @@ def bits_warning(cfg: DictConfig, handle: QuantHandle) -> str | None:
     return f"bits={cfg.bits} does not apply to quant={handle.name}: it uses {handle.bits}-bit weights"
 
 
+def epochs_warning(cfg: DictConfig, handle: QuantHandle) -> str | None:
+    """``quant=sq trainer.epochs=1``: every stage trains at least one epoch, so more run than asked."""
+    stages = len(handle.stages)
+    if handle.stage_epochs or cfg.trainer.epochs >= stages:
+        return None
+    return (f"trainer.epochs={cfg.trainer.epochs} is fewer than the {stages} stages of quant={handle.name}: "
+            f"{stages} epochs will run (one per stage); set trainer.epochs or quant.stage_epochs")
+
+
 def check_run_dir(path: str | os.PathLike, key: str = "hydra.run.dir") -> None:
     """The run folder exists (created) and is a writable folder, else a one-line error."""
     path = Path(path)
@@ -271,7 +280,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, dist: Dist, t0: float) -> dict
         bundle, model, handle = build(cfg)
         if dist.is_main:
             write_status(run_dir, "running", epoch=0, step=0)
-        warnings = [w for w in (bits_warning(cfg, handle),) if w]
+        warnings = [w for w in (bits_warning(cfg, handle), epochs_warning(cfg, handle)) if w]
         for w in warnings:
             log.warning(w)
         picked = choices(cfg)

@@ -448,9 +448,11 @@ def test_fixed_width_quantizer_says_bits_do_not_apply(tmp_path, capsys, quant, b
     assert record["warnings"] == [f"bits={bits} does not apply to quant={quant}: it uses {used}-bit weights"]
 
 
-def test_fewer_epochs_than_stages(tmp_path, capsys):
-    line = cli_fails(capsys, "train", *FAST, "quant=sq", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'r'}")
-    assert "trainer.epochs=1" in line and "4 stages" in line
+def test_fewer_epochs_than_stages_says_what_runs(tmp_path, caplog):
+    record = train(cfg("quant=sq", "trainer.epochs=1"), tmp_path / "r")
+    assert record["epochs"] == 4 and [h["stage"] for h in record["history"]] == [0, 1, 2, 3]
+    said = "trainer.epochs=1 is fewer than the 4 stages of quant=sq: 4 epochs will run"
+    assert said in caplog.text and any(w.startswith(said) for w in record["warnings"])
 
 
 # -- 9. small things ------------------------------------------------------------------------
