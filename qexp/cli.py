@@ -85,9 +85,10 @@ def cmd_train(argv: list[str]) -> None:
     from qexp.config import check_overrides
 
     check_overrides(overrides, multirun=multirun)  # fail fast, before Hydra creates any folder
-    from qexp.run import agree_on_output_dir
+    from qexp.run import agree_on_output_dir, settle_output_dir
 
-    _hydra_train(agree_on_output_dir(argv, multirun))  # torchrun/srun: one run dir for all ranks
+    argv = agree_on_output_dir(argv, multirun)  # torchrun/srun: one run dir for all ranks
+    _hydra_train(settle_output_dir(argv, multirun))  # a folder that cannot be written: one line
 
 
 def cmd_sbatch(argv: list[str]) -> None:

@@ -8,6 +8,8 @@ quantizer is constructed).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import os
 import re
@@ -113,12 +115,40 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise QexpError(f"{key}={value} is out of range; allowed: {allowed}")
 
 
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"trainer.lr": 0.002, "model.hidden": [256, 128], ...}`` of a plain nested dict."""
+    if not isinstance(node, dict) or (not node and prefix):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
+
+
+def check_finite(cfg: Any) -> None:
+    """``trainer.lr=inf`` or ``nan`` anywhere would only fail many steps later."""
+    import math
+
+    for key, value in flatten(_plain(cfg)).items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise QexpError(f"{key}={value} is not a finite number")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`QexpError` (one line, naming key and allowed values) on any bad value."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         hint = " (the folder of the local copy; nothing is downloaded)" if missing[0].endswith(".root") else ""
         raise QexpError(f"{missing[0]} is required{hint}; pass {missing[0]}=...")
+    check_finite(cfg)
+    check_targets(cfg, "config")
     _check(isinstance(cfg.bits, int) and 1 <= cfg.bits <= 32, "bits", cfg.bits, "an integer 1..32")
     _check(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     for key, (rule, allowed) in _TRAINER_RULES.items():
@@ -164,6 +194,117 @@ def validate_quant(quant: DictConfig) -> None:
     from qexp.quant.base import resolve_stage_epochs
 
     resolve_stage_epochs(stage_epochs, len(quantizer.stage_plan()))
+
+
+# ---------------------------------------------------------------------------------------------
+# what may be instantiated: the targets qexp's own configs name
+# ---------------------------------------------------------------------------------------------
+
+
+def _targets_in(node: Any) -> list[tuple[str, str]]:
+    """(dotted path, target) of every ``_target_`` in a plain nested dict/list."""
+    found = []
+    stack: list[tuple[str, Any]] = [("", node)]
+    while stack:
+        path, cur = stack.pop()
+        if isinstance(cur, dict):
+            if "_target_" in cur:
+                found.append((path, str(cur["_target_"])))
+            stack += [(f"{path}.{k}" if path else str(k), v) for k, v in cur.items() if k != "_target_"]
+        elif isinstance(cur, list):
+            stack += [(f"{path}[{i}]", v) for i, v in enumerate(cur)]
+    return found
+
+
+def allowed_targets() -> frozenset[str]:
+    """Every ``_target_`` named by a YAML file under ``configs/`` (Hydra's own launcher configs
+    aside) and every quantizer class: the only things a config read from a file may build."""
+    return _allowed_targets(str(config_dir()))
+
+
+@functools.lru_cache(maxsize=4)
+def _allowed_targets(root: str) -> frozenset[str]:
+    import yaml
+
+    targets: set[str] = set()
+    for path in Path(root).rglob("*.yaml"):
+        if "hydra" in path.relative_to(root).parts:
+            continue
+        try:
+            targets.update(t for _, t in _targets_in(yaml.safe_load(path.read_text())))
+        except (OSError, yaml.YAMLError):
+            continue
+    from qexp.quant.base import Quantizer
+
+    todo = [Quantizer]
+    while todo:
+        cls = todo.pop()
+        targets.add(f"{cls.__module__}.{cls.__qualname__}")
+        todo += cls.__subclasses__()
+    return frozenset(targets)
+
+
+def check_targets(cfg: Any, where: str) -> None:
+    """Refuse (one line) any ``_target_`` that is not one of :func:`allowed_targets`."""
+    allowed = allowed_targets()
+    for path, target in _targets_in(_plain(cfg) if not isinstance(cfg, dict) else cfg):
+        if target not in allowed:
+            raise QexpError(f"{where}: {path or 'config'}._target_={target} is not a target of qexp's configs; "
+                            f"refusing to instantiate it")
+
+
+# ---------------------------------------------------------------------------------------------
+# the fingerprint of an experiment: resume, skip and export only within the same one
+# ---------------------------------------------------------------------------------------------
+
+# Keys that change how a run is shown, where it writes or how it is resumed, never what it
+# computes: a run re-started with other values of these is still the same experiment.  Every
+# other key of the resolved config (new keys included, automatically) is part of the fingerprint.
+FINGERPRINT_EXCLUDE = (
+    "trainer.progress",  # progress bars
+    "trainer.log_every",  # logging / finiteness-check interval
+    "trainer.num_workers",  # data-loader processes (per-epoch seeded generator: same batches)
+    "trainer.device",  # where it runs (a run moved from one machine to another may resume)
+    "trainer.resume",  # resume mode
+    "trainer.handle_signals",
+    "trainer.checkpoint_every_steps",  # resume is bit-identical whatever the interval
+    "skip_completed",
+    "dataset.cache_dir",  # where a built dataset is cached
+    "hydra",  # the run dir and launcher
+)
+
+
+def fingerprint_keys(cfg: Any) -> dict[str, Any]:
+    """The flattened resolved config minus :data:`FINGERPRINT_EXCLUDE` (JSON-safe values)."""
+    import json
+
+    flat = flatten(_plain(cfg))
+    keep = {k: v for k, v in flat.items()
+            if not any(k == x or k.startswith(x + ".") for x in FINGERPRINT_EXCLUDE)}
+    return json.loads(json.dumps(keep, sort_keys=True, default=str))
+
+
+def fingerprint(keys: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def same_experiment(old: Any, new: dict[str, Any]) -> bool:
+    return isinstance(old, dict) and not fingerprint_diff(old, new)
+
+
+def fingerprint_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
+    """``seed 3 -> 4, trainer.epochs 2 -> 3`` (the first ``limit`` differing keys), or "" when
+    both are the same experiment.  A key that only one side has counts only when its value
+    there is not null: a key added to qexp later with a null (off) default changes nothing."""
+    keys = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>")
+                  and not (k not in old and new[k] is None) and not (k not in new and old[k] is None))
+    parts = [f"{k} {old.get(k, '<unset>')} -> {new.get(k, '<unset>')}" for k in keys[:limit]]
+    if len(keys) > limit:
+        parts.append(f"and {len(keys) - limit} more")
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +396,40 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> list[DictCo
             raise
         except Exception as exc:  # noqa: BLE001
             raise explain_compose_error(exc, job) from None
+        check_added_keys(job)
         validate(cfg)
         configs.append(cfg)
     return configs
+
+
+def _accepts(target: str, name: str) -> bool:
+    """Whether the callable ``target`` takes a keyword argument ``name``."""
+    from hydra.utils import get_method
+
+    try:
+        params = inspect.signature(get_method(target)).parameters.values()
+    except Exception:  # noqa: BLE001 - not importable: instantiate reports it
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def check_added_keys(job: list[str]) -> None:
+    """A key added with ``+`` (``+trainer.lrr=0.1``) must be known: present in the composed
+    defaults, a config group, or an argument of the ``_target_`` of the node it is added to."""
+    _absent = object()
+    for o in job:
+        if not o.startswith("+"):
+            continue
+        key = o.lstrip("+").split("=", 1)[0].split("@", 1)[0]
+        if "/" in key or key in GROUPS or (config_dir() / key).is_dir():
+            continue
+        base = compose([x for x in job if x is not o])
+        if OmegaConf.select(base, key, default=_absent) is not _absent:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent, default=None) if parent else base
+        if isinstance(node, DictConfig) and "_target_" in node and _accepts(str(node["_target_"]), leaf):
+            continue
+        keys = ", ".join(k for k in node if k != "_target_") if isinstance(node, DictConfig) else ""
+        where = f" of {parent}" if parent else ""
+        raise QexpError(f"{key} is not a config key (added with +); allowed keys{where}: {keys}")

@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from qexp.config import check_targets, fingerprint_diff, fingerprint_keys, same_experiment
 from qexp.engine.checkpoint import latest_valid
 from qexp.errors import QexpError
 from qexp.quant.base import apply_quantization
@@ -34,8 +35,30 @@ def quantizer_factory(quant_cfg: dict[str, Any]):
         return lambda: None
     from hydra.utils import get_class
 
+    check_targets({"quant": {"_target_": target}}, "quant")
     cls = get_class(target)
     return lambda: cls(**q)
+
+
+def _build_model(source: str, config: Any, model_kwargs: Any) -> tuple[Any, torch.nn.Module]:
+    """The model a record or export describes, built only from qexp's own targets: these files
+    may come from someone else's folder, and a ``_target_`` is a call to any importable name."""
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not isinstance(model_kwargs, dict):
+        raise QexpError(f"{source}: no model config in it; not a qexp file of this format")
+    check_targets({"config": config, "model_kwargs": model_kwargs}, source)
+    cfg = OmegaConf.create(config)
+    try:
+        return cfg, instantiate(cfg.model, **model_kwargs, _convert_="all")
+    except Exception as exc:  # noqa: BLE001
+        raise QexpError(f"{source}: its model cannot be built ({' '.join(str(exc).split())[:200]})") from None
+
+
+def _load_weights(model: torch.nn.Module, state: Any, source: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError, AttributeError) as exc:
+        raise QexpError(f"{source}: its weights do not fit the model its config describes "
+                        f"({' '.join(str(exc).split())[:200]})") from None
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
@@ -43,14 +66,18 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path
     record = read_record(run_dir / RECORD)
     if record is None or record.get("status") != "completed":
         raise QexpError(f"{run_dir} has no completed record.json; export needs a finished run (qexp train ...)")
-    cfg = OmegaConf.create(record["config"])
+    cfg, model = _build_model(f"{run_dir}/{RECORD}", record.get("config"), record.get("model_kwargs"))
     found = latest_valid(run_dir / "checkpoints")
     if found is None:
         raise QexpError(f"{run_dir}/checkpoints has no valid checkpoint to export")
-    _, state = found
-    model = instantiate(cfg.model, **record["model_kwargs"], _convert_="all")
+    path, state = found
+    keys = fingerprint_keys(record["config"])
+    if not same_experiment(state.get("fingerprint"), keys):
+        old = state.get("fingerprint")
+        what = fingerprint_diff(old, keys) if isinstance(old, dict) else "it has no config fingerprint"
+        raise QexpError(f"{path} was not written by the run of {run_dir}/{RECORD} ({what}); export refused")
     handle = apply_quantization(model, cfg.quant)
-    model.load_state_dict(state["model"])
+    _load_weights(model, state.get("model"), str(path))
     export = export_packed(model, handle, extra={
         "config": record["config"], "model_kwargs": record["model_kwargs"], "metric": record["metric"],
         "final": record["final"],
@@ -65,14 +92,19 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path
 def load_exported(path: str | Path) -> torch.nn.Module:
     """A plain (unparametrized) float model holding the decoded quantized weights."""
     try:
-        export = torch.load(path, map_location="cpu", weights_only=False)
+        export = torch.load(path, map_location="cpu", weights_only=True)  # data only: never runs code
     except Exception as exc:  # noqa: BLE001
-        raise QexpError(f"{path} is not a readable qexp export ({type(exc).__name__})") from None
-    cfg = OmegaConf.create(export["config"])
-    model = instantiate(cfg.model, **export["model_kwargs"], _convert_="all")
+        raise QexpError(f"{path} is not a readable qexp export ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:160]})") from None
+    if not isinstance(export, dict):
+        raise QexpError(f"{path} is not a qexp export")
+    cfg, model = _build_model(str(path), export.get("config"), export.get("model_kwargs"))
     quant = OmegaConf.to_container(cfg.quant, resolve=True)
-    state = decode_export(export, quantizer_factory(quant))
-    model.load_state_dict(state)
+    try:
+        state = decode_export(export, quantizer_factory(quant))
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise QexpError(f"{path} cannot be decoded ({' '.join(str(exc).split())[:160]})") from None
+    _load_weights(model, state, str(path))
     return model
 
 

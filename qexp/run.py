@@ -5,6 +5,7 @@ Called by ``qexp train`` inside Hydra (one call per job of a sweep).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -12,6 +13,7 @@ import platform
 import socket
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +22,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from qexp import __version__
-from qexp.config import validate
+from qexp.config import fingerprint, fingerprint_diff, fingerprint_keys, validate
 from qexp.data.bundle import DataBundle
 from qexp.engine.trainer import Dist, Preempted, Trainer, seed_everything
 from qexp.errors import QexpError
 from qexp.launch import slurm_dist_env
+from qexp.lock import RunLock
 from qexp.quant.base import QuantHandle, apply_quantization
 from qexp.report.memory import measure_memory
-from qexp.report.store import RECORD, git_commit, read_record, write_record, write_status
+from qexp.report.store import (RECORD, RECORD_FORMAT, git_commit, read_record, remove_stale_temps, write_final_status,
+                               write_record, write_status)
 
 log = logging.getLogger("qexp")
 
@@ -59,7 +63,9 @@ def build_data(cfg: DictConfig) -> DataBundle:
 
 def build_model(cfg: DictConfig, bundle: DataBundle) -> torch.nn.Module:
     try:
-        return instantiate(cfg.model, **bundle.model_kwargs, _convert_="all")
+        with warnings.catch_warnings():  # an empty layer is reported by check_model_sizes, in one line
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            return instantiate(cfg.model, **bundle.model_kwargs, _convert_="all")
     except QexpError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -71,12 +77,101 @@ def build_model(cfg: DictConfig, bundle: DataBundle) -> torch.nn.Module:
         ) from None
 
 
+def check_model_sizes(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """A layer without weights (``model.hidden=[0]``) trains to chance and looks like a result."""
+    empty = next(((n, list(p.shape)) for n, p in model.named_parameters() if p.numel() == 0), None)
+    if empty is not None:
+        sizes = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"}
+        raise QexpError(f"model {sizes} gives layer {empty[0]} the empty shape {empty[1]}; every layer size must "
+                        f"be >= 1")
+
+
 def build(cfg: DictConfig) -> tuple[DataBundle, torch.nn.Module, QuantHandle]:
     """Data, model and attached quantizers for a composed config (used by train and export)."""
     bundle = build_data(cfg)
     model = build_model(cfg, bundle)
+    check_model_sizes(cfg, model)
     handle = apply_quantization(model, cfg.quant)
     return bundle, model, handle
+
+
+def bits_warning(cfg: DictConfig, handle: QuantHandle) -> str | None:
+    """``quant=bwn bits=4``: the quantizer has a fixed width and ignores the top-level ``bits``."""
+    if not handle.quantizers or handle.bits == cfg.bits:
+        return None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+        if not any(o.lstrip("+~").startswith("bits=") for o in overrides):
+            return None  # bits left at its default: nothing was asked for and ignored
+    except ValueError:  # outside @hydra.main: say it whenever they differ
+        pass
+    return f"bits={cfg.bits} does not apply to quant={handle.name}: it uses {handle.bits}-bit weights"
+
+
+def epochs_warning(cfg: DictConfig, handle: QuantHandle) -> str | None:
+    """``quant=sq trainer.epochs=1``: every stage trains at least one epoch, so more run than asked."""
+    stages = len(handle.stages)
+    if handle.stage_epochs or cfg.trainer.epochs >= stages:
+        return None
+    return (f"trainer.epochs={cfg.trainer.epochs} is fewer than the {stages} stages of quant={handle.name}: "
+            f"{stages} epochs will run (one per stage); set trainer.epochs or quant.stage_epochs")
+
+
+def check_run_dir(path: str | os.PathLike, key: str = "hydra.run.dir") -> None:
+    """The run folder exists (created) and is a writable folder, else a one-line error."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise QexpError(f"{key}={path} cannot be a run folder: it is an existing file") from None
+    except OSError as exc:
+        raise QexpError(f"{key}={path} cannot be created: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise QexpError(f"{key}={path} is not writable (permission denied)")
+
+
+def settle_output_dir(argv: list[str], multirun: bool = False) -> list[str]:
+    """Resolve Hydra's run (or sweep) folder once, check that it can be written, and pin it with
+    an override, so a bad folder is one line before Hydra starts (not its traceback)."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = next((a.split("=", 1)[1] for a in argv if a.startswith(f"{key}=")), None)
+    if given is not None and "${" not in given:
+        check_run_dir(given.strip("'\""), key)
+        return argv
+    value = resolve_output_dir(argv, key, multirun)
+    check_run_dir(value, key)
+    return [*(a for a in argv if not a.startswith(f"{key}=")), f"{key}='{value}'"]
+
+
+def fresh_subfolder(run_dir: Path) -> Path:
+    """``trainer.resume=never`` in a folder that holds a run: start over beside it, never over it."""
+    if not (run_dir / RECORD).exists() and not any((run_dir / "checkpoints").glob("*.pt")):
+        return run_dir
+    n = 1
+    while (run_dir / f"restart-{n}").exists():
+        n += 1
+    fresh = run_dir / f"restart-{n}"
+    log.warning("trainer.resume=never: %s already holds a run; starting over in %s", run_dir, fresh)
+    return fresh
+
+
+def check_completed(run_dir: Path, keys: dict[str, Any]) -> bool:
+    """True when ``run_dir`` holds a completed record of this experiment; a completed record of
+    another experiment is a one-line error (it is never overwritten)."""
+    old = read_record(run_dir / RECORD)
+    if not old or old.get("status") != "completed":
+        return False
+    try:
+        old_keys = fingerprint_keys(old.get("config") or {})
+    except Exception:  # noqa: BLE001 - an odd record: treat as another experiment
+        old_keys = {}
+    diff = fingerprint_diff(old_keys, keys)
+    if diff:
+        raise QexpError(f"{run_dir} holds a completed run of another experiment ({diff}); choose another "
+                        f"hydra.run.dir, or trainer.resume=never to start over in a fresh sub-folder")
+    return True
 
 
 def choices(cfg: DictConfig) -> dict[str, str]:
@@ -145,33 +240,60 @@ def agree_on_output_dir(argv: list[str], multirun: bool = False) -> list[str]:
 
 
 def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """Run one training job into ``run_dir``; returns the record (None when skipped)."""
+    """Run one training job into ``run_dir``; returns the record (None when skipped).
+
+    Rank 0 holds the folder's lock for the whole run; before anything is written, a completed
+    record or a checkpoint in the folder must belong to the same experiment (fingerprint)."""
     run_dir = Path(run_dir)
     t0 = time.time()
     validate(cfg)
     slurm_dist_env()
     dist = Dist.from_env()
-    if cfg.skip_completed:
-        old = read_record(run_dir / RECORD)
-        if old and old.get("status") == "completed":
-            log.info("skip_completed: %s already completed", run_dir)
-            return None
     init_distributed(dist)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(run_dir)
+    with RunLock(run_dir) if dist.is_main else contextlib.nullcontext():
+        if str(cfg.trainer.resume) not in ("never", "false", "False"):
+            return _train_locked(cfg, run_dir, dist, t0)
+        fresh = [fresh_subfolder(run_dir) if dist.is_main else None]
+        if dist.world_size > 1:
+            torch.distributed.broadcast_object_list(fresh, src=0)
+        if fresh[0] == run_dir:
+            return _train_locked(cfg, run_dir, dist, t0)
+        check_run_dir(fresh[0])
+        with RunLock(fresh[0]) if dist.is_main else contextlib.nullcontext():
+            return _train_locked(cfg, fresh[0], dist, t0)
+
+
+def _train_locked(cfg: DictConfig, run_dir: Path, dist: Dist, t0: float) -> dict[str, Any] | None:
+    keys = fingerprint_keys(cfg)
+    if check_completed(run_dir, keys) and cfg.skip_completed:
+        log.info("skip_completed: %s already completed", run_dir)
+        return None
+    if dist.is_main:
+        for folder in (run_dir, run_dir / "checkpoints"):
+            for tmp in remove_stale_temps(folder):
+                log.info("removed %s, left by an interrupted write", tmp)
+    trainer = Trainer(cfg.trainer, run_dir, cfg.seed, dist, fingerprint=keys)
+    trainer.prepare_resume()  # a checkpoint of another experiment: one line, nothing written
     try:
         seed_everything(cfg.seed, cfg.trainer.deterministic)
         bundle, model, handle = build(cfg)
         if dist.is_main:
             write_status(run_dir, "running", epoch=0, step=0)
-        trainer = Trainer(cfg.trainer, run_dir, cfg.seed, dist)
+        warnings = [w for w in (bits_warning(cfg, handle), epochs_warning(cfg, handle)) if w]
+        for w in warnings:
+            log.warning(w)
         picked = choices(cfg)
-        hparams = {**picked, "bits": cfg.bits if handle.quantizers else 32, "seed": cfg.seed,
+        hparams = {**picked, "bits": handle.bits if handle.quantizers else 32, "seed": cfg.seed,
                    "epochs": cfg.trainer.epochs, "lr": cfg.trainer.lr, "batch_size": cfg.trainer.batch_size}
         result = trainer.fit(model, bundle, handle, hparams)
         if not dist.is_main:
             return None
         memory = measure_memory(model, handle)
+        if result.get("best_lost"):
+            warnings.append(f"best checkpoint lost, best = last weights: {result['best_lost']}")
         record = {
+            "format": RECORD_FORMAT,
             "status": "completed",
             "metric": bundle.task.metric,
             "higher_is_better": bundle.task.higher_is_better,
@@ -184,6 +306,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any] | None:
                       "skipped": handle.skipped, "stages": handle.stages, "stage_epochs": result["plan"]},
             "choices": picked,
             "config": OmegaConf.to_container(cfg, resolve=True),
+            "fingerprint": fingerprint(keys),
+            "warnings": warnings,
             "seed": cfg.seed,
             "git": git_commit(),
             "wall_s": time.time() - t0,
@@ -208,11 +332,15 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any] | None:
         return record
     except Preempted as exc:
         if dist.is_main:
-            write_status(run_dir, "preempted", error=str(exc))
+            write_final_status(run_dir, "preempted", error=str(exc))
+        raise
+    except KeyboardInterrupt:
+        if dist.is_main:
+            write_final_status(run_dir, "interrupted", error="interrupted (Ctrl-C); run the same command to resume")
         raise
     except BaseException as exc:
         if dist.is_main:
             msg = str(exc) if isinstance(exc, QexpError) else f"{type(exc).__name__}: {exc}"
-            write_status(run_dir, "failed", error=" ".join(msg.split()),
-                         traceback=None if isinstance(exc, QexpError) else traceback.format_exc())
+            write_final_status(run_dir, "failed", error=" ".join(msg.split()),
+                               traceback=None if isinstance(exc, QexpError) else traceback.format_exc())
         raise

@@ -78,4 +78,5 @@ def test_collect_separates_unfinished(tmp_path):
     (tmp_path / "bad" / "record.json").write_text("{ truncated")
     rs = collect(tmp_path)
     assert len(rs.completed) == 1
-    assert {s for _, s, _ in rs.other} == {"running", "unreadable"}
+    assert {s for _, s, _ in rs.other} == {"running"}
+    assert [p.parent.name for p, _ in rs.unreadable] == ["bad"]

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
+from qexp.config import fingerprint_diff, same_experiment
 from qexp.data.bundle import DataBundle
 from qexp.engine import checkpoint as ckpt
 from qexp.engine.logging import Logger
@@ -63,7 +64,10 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and tuples (checkpoints are read back with weights_only)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -71,7 +75,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -145,8 +150,14 @@ class Dist:
 
 
 class Trainer:
-    def __init__(self, cfg: Any, run_dir: str | Path, seed: int, dist: Dist | None = None):
+    def __init__(self, cfg: Any, run_dir: str | Path, seed: int, dist: Dist | None = None,
+                 fingerprint: dict[str, Any] | None = None):
         self.cfg = cfg
+        # the experiment's identity (config.fingerprint_keys): stored in every checkpoint, and a
+        # checkpoint is resumed only when it matches
+        self.fingerprint = fingerprint
+        self.resume_state: dict[str, Any] | None = None
+        self.best_lost: str | None = None
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.seed = seed
@@ -254,17 +265,22 @@ class Trainer:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch, n_ep))
             return opt, sched
 
-        resumed = self._maybe_resume()
+        resumed = self.resume_state if self.resume_state is not None else self.prepare_resume()
         if resumed is not None:
-            state.update({k: resumed[k] for k in state})
-            if handle is not None:
-                handle.set_stage(state["stage"])
-            model.load_state_dict(resumed["model"])
-            optimizer, scheduler = new_optimizer(state["stage"])
-            optimizer.load_state_dict(resumed["optimizer"])
-            scheduler.load_state_dict(resumed["scheduler"])
-            scaler.load_state_dict(resumed["scaler"])
-            set_rng_state(resumed["rng"])
+            try:
+                state.update({k: resumed[k] for k in state})
+                if handle is not None:
+                    handle.set_stage(state["stage"])
+                model.load_state_dict(resumed["model"])
+                optimizer, scheduler = new_optimizer(state["stage"])
+                optimizer.load_state_dict(resumed["optimizer"])
+                scheduler.load_state_dict(resumed["scheduler"])
+                scaler.load_state_dict(resumed["scaler"])
+                set_rng_state(resumed["rng"])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+                raise QexpError(f"checkpoint {resumed['_path']} does not fit this run "
+                                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                                f"use trainer.resume=never to start over in a fresh sub-folder") from None
             log.info("resumed from %s at epoch %d step %d", resumed["_path"], state["epoch"], state["step_in_epoch"])
 
         def checkpoint_state() -> dict[str, Any]:
@@ -276,6 +292,7 @@ class Trainer:
                 "scaler": scaler.state_dict(),
                 "rng": rng_state(),
                 "plan": plan,
+                "fingerprint": self.fingerprint,
             }
 
         def save():
@@ -380,7 +397,8 @@ class Trainer:
                         if stage_idx == len(plan) - 1:
                             state["best_metric"], state["best_epoch"] = metric, gi + 1
                             ckpt.save_checkpoint(self.ckpt_dir / "best.pt",
-                                                 {"model": model.state_dict(), "epoch": gi + 1, "val": val})
+                                                 {"model": model.state_dict(), "epoch": gi + 1, "val": val,
+                                                  "fingerprint": self.fingerprint})
                     log.info("epoch %d/%d stage %d  loss %.4f  val %s %.4f", gi + 1, len(flat), stage_idx,
                              train_loss, task.metric, metric)
                 state["history"].append(entry)
@@ -401,21 +419,44 @@ class Trainer:
         if self.dist.is_main:
             result["final"] = self.evaluate_tests(model, bundle)
             result["final_val"] = self._evaluate(model, bundle, bundle.val)
-            best_path = self.ckpt_dir / "best.pt"
-            if best_path.exists():
+            best = self._load_best(model)
+            if best is not None:
                 last_state = {k: v.clone() for k, v in model.state_dict().items()}
-                model.load_state_dict(ckpt.load_checkpoint(best_path)["model"])
+                model.load_state_dict(best)
                 result["best"] = self.evaluate_tests(model, bundle)
                 result["best_epoch"] = state["best_epoch"]
                 model.load_state_dict(last_state)
             else:
                 result["best"], result["best_epoch"] = dict(result["final"]), len(flat)
+            result["best_lost"] = self.best_lost
             self.logger.scalars({f"test/{k}": v for k, v in result["final"].items()}, state["global_step"])
             self.logger.hparams(hparams or {}, {f"test_{k}": v for k, v in result["final"].items()})
         self.logger.close()
         return result
 
-    def _maybe_resume(self) -> dict[str, Any] | None:
+    def _load_best(self, model: nn.Module) -> dict[str, Any] | None:
+        """``best.pt``'s weights, or None (falling back to the last weights, with a warning and
+        ``best_lost`` set) when it is corrupt or from another experiment."""
+        path = self.ckpt_dir / "best.pt"
+        if not path.exists():
+            return None
+        try:
+            best = ckpt.load_checkpoint(path)
+            if self.fingerprint is not None and not same_experiment(best.get("fingerprint"), self.fingerprint):
+                raise ckpt.CorruptCheckpoint(f"{path}: written by another experiment (config fingerprint differs)")
+            weights = best["model"]
+            shapes = {k: tuple(v.shape) for k, v in weights.items()}
+            if shapes != {k: tuple(v.shape) for k, v in model.state_dict().items()}:
+                raise ckpt.CorruptCheckpoint(f"{path}: its weights do not fit this model")
+            return weights
+        except (ckpt.CorruptCheckpoint, KeyError, TypeError, AttributeError) as exc:
+            self.best_lost = " ".join(str(exc).split())[:300]
+            log.warning("best checkpoint lost (%s); the best-val result is the last weights' instead", self.best_lost)
+            return None
+
+    def prepare_resume(self) -> dict[str, Any] | None:
+        """Find the checkpoint to resume (``trainer.resume``) and check that it belongs to this
+        experiment; called before the run writes anything, so a mismatch changes nothing."""
         mode = str(self.cfg.resume)
         if mode in ("never", "false", "False"):
             return None
@@ -432,5 +473,11 @@ class Trainer:
                 state = ckpt.load_checkpoint(path)
             except ckpt.CorruptCheckpoint as exc:
                 raise QexpError(f"trainer.resume: {exc}") from None
+        if self.fingerprint is not None and not same_experiment(state.get("fingerprint"), self.fingerprint):
+            old = state.get("fingerprint")
+            what = fingerprint_diff(old, self.fingerprint) if isinstance(old, dict) else "it has no config fingerprint"
+            raise QexpError(f"checkpoint {path} belongs to another experiment ({what}); choose another "
+                            f"hydra.run.dir, or trainer.resume=never to start over in a fresh sub-folder")
         state["_path"] = str(path)
+        self.resume_state = state
         return state

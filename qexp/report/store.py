@@ -20,27 +20,63 @@ from typing import Any
 from qexp.errors import QexpError
 
 RECORD = "record.json"
+RECORD_FORMAT = 1  # bumped when a reader of an older qexp would misread a newer record
 STATUS = "status.json"
+
+
+TMP_SUFFIX = ".tmp"  # atomic_write_bytes' temp files: ``.<name>.<random>.tmp`` beside the target
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file (0666 minus the umask); mkstemp's is 0600."""
+    try:
+        with open("/proc/self/status") as fh:
+            umask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def disk_error(path: str | os.PathLike, exc: OSError) -> QexpError:
+    """One line for a file-system fault while writing ``path``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return QexpError(f"no space left on the device while writing {path}; free disk space and resume")
+    return QexpError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise disk_error(path, exc) from None
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete temp files an interrupted :func:`atomic_write_bytes` left in ``folder`` (call only
+    while holding the run's lock: a live writer's temp file looks the same)."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{TMP_SUFFIX}"):
         try:
-            os.unlink(tmp)
+            tmp.unlink()
+            removed.append(tmp)
         except OSError:
             pass
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise QexpError(f"no space left on the device while writing {path}; free disk space and resume") from None
-        raise QexpError(f"cannot write {path}: {exc.strerror}") from None
+    return removed
 
 
 def _clean(obj: Any) -> Any:
@@ -67,6 +103,54 @@ def write_status(run_dir: str | os.PathLike, status: str, **fields: Any) -> None
     )
 
 
+def write_final_status(run_dir: str | os.PathLike, status: str, **fields: Any) -> bool:
+    """Best effort for the last word of a run that is failing anyway: atomically if possible,
+    else in place over the old ``status.json`` (its blocks are already allocated, so this works
+    on a full disk); never raises.  Returns whether the status was written."""
+    try:
+        write_status(run_dir, status, **fields)
+        return True
+    except QexpError:
+        pass
+    path = Path(run_dir) / STATUS
+    body = {"status": status, "heartbeat": time.time(), "pid": os.getpid(), "host": socket.gethostname(),
+            **{k: v for k, v in fields.items() if k != "traceback"}}
+    try:
+        with open(path, "r+b") as fh:
+            fh.write(json.dumps(_clean(body)).encode() + b"\n")
+            fh.truncate()
+        return True
+    except OSError:
+        return False
+
+
+STALE_AFTER_S = 300  # a running run's heartbeat is written at least every epoch/checkpoint
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def effective_status(status: dict[str, Any], now: float | None = None) -> str:
+    """``status.json``'s status, except that a ``running`` run whose heartbeat is older than
+    :data:`STALE_AFTER_S` and whose process (on this host) is gone reads as ``stale``."""
+    state = str(status.get("status", "unknown"))
+    if state != "running":
+        return state
+    age = (now or time.time()) - float(status.get("heartbeat") or 0)
+    same_host = status.get("host") == socket.gethostname()
+    pid = status.get("pid")
+    if age > STALE_AFTER_S and same_host and isinstance(pid, int) and not pid_alive(pid):
+        return "stale"
+    return state
+
+
 def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     path = Path(run_dir) / RECORD
     atomic_write_json(path, record)
@@ -77,9 +161,10 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     """A record dict, or None when the file is missing or unreadable (never half a record)."""
     try:
         with open(path) as fh:
-            return json.load(fh)
-    except (OSError, json.JSONDecodeError):
+            data = json.load(fh)
+    except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -19,7 +20,9 @@ from typing import Any
 
 import yaml
 
-from qexp.report.store import RECORD, STATUS, read_record
+from qexp.report.store import RECORD, RECORD_FORMAT, STATUS, effective_status, read_record
+
+log = logging.getLogger("qexp")
 
 PAPERS = ("chen2021", "dong2017", "avila2022", "sung2015", "zhao2019")
 
@@ -44,10 +47,40 @@ def load_paper(key: str) -> dict[str, Any]:
 class RunSet:
     completed: list[dict[str, Any]] = field(default_factory=list)
     other: list[tuple[Path, str, str]] = field(default_factory=list)  # (dir, status, error)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (record path, reason)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def record_problem(rec: dict[str, Any]) -> str | None:
+    """Why a completed record cannot be tabulated (None when it can): the tables read ``final``,
+    ``memory``, ``quant``, ``choices`` and ``config``, so those must have the shapes we write."""
+    fmt = rec.get("format", 1)
+    if not isinstance(fmt, int) or fmt > RECORD_FORMAT:
+        return f"written by a newer qexp (record format {fmt!r}; this one reads <= {RECORD_FORMAT})"
+    final = rec.get("final")
+    if not isinstance(final, dict) or not final:
+        return f"no final metrics (final: {json.dumps(final)[:40]})"
+    bad = next((k for k, v in final.items() if v is not None and not _is_number(v)), None)
+    if bad is not None:
+        return f"final.{bad} is {json.dumps(final[bad])[:40]}, not a number"
+    memory = rec.get("memory")
+    if not isinstance(memory, dict) or any(memory.get(k) is not None and not _is_number(memory.get(k))
+                                          for k in ("reduction", "packed_bytes")):
+        return "memory is missing or not numeric"
+    if not isinstance(rec.get("quant"), dict):
+        return "quant is missing or not a mapping"
+    for key in ("choices", "config"):
+        if not isinstance(rec.get(key, {}), dict):
+            return f"{key} is not a mapping"
+    return None
 
 
 def collect(runs: str | Path) -> RunSet:
-    """Every record under ``runs`` (recursively); runs without a completed record listed apart."""
+    """Every record under ``runs`` (recursively); runs without a completed record listed apart,
+    records that cannot be tabulated listed as unreadable (with the reason), never fatal."""
     out = RunSet()
     root = Path(runs)
     seen: set[Path] = set()
@@ -55,8 +88,12 @@ def collect(runs: str | Path) -> RunSet:
         rec = read_record(rec_path)
         seen.add(rec_path.parent)
         if rec is None:
-            out.other.append((rec_path.parent, "unreadable", "record.json cannot be parsed"))
+            out.unreadable.append((rec_path, "not a JSON object (cannot be parsed)"))
         elif rec.get("status") == "completed":
+            problem = record_problem(rec)
+            if problem:
+                out.unreadable.append((rec_path, problem))
+                continue
             rec["_dir"] = str(rec_path.parent)
             out.completed.append(rec)
         else:
@@ -65,7 +102,9 @@ def collect(runs: str | Path) -> RunSet:
         if st_path.parent in seen:
             continue
         st = read_record(st_path) or {}
-        out.other.append((st_path.parent, str(st.get("status", "unknown")), str(st.get("error", "") or "")))
+        out.other.append((st_path.parent, effective_status(st), str(st.get("error", "") or "")))
+    for path, why in out.unreadable:
+        log.warning("skipping unreadable record %s: %s", path, why)
     return out
 
 
@@ -196,7 +235,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
 
 
 def render_markdown(paper: dict[str, Any], tables: list[tuple[dict[str, Any], list[dict[str, Any]]]],
-                    others: list[tuple[Path, str, str]]) -> str:
+                    others: list[tuple[Path, str, str]], unreadable: list[tuple[Path, str]] = ()) -> str:
     out = [f"# {paper['key']}: {paper['title']}", "", f"**Claim:** {paper['claim']}", ""]
     if paper.get("verdict"):
         out += [f"**At our scale:** {paper['verdict']}", ""]
@@ -221,6 +260,10 @@ def render_markdown(paper: dict[str, Any], tables: list[tuple[dict[str, Any], li
     if others:
         out += ["## Runs not completed (not in the tables)", "", "| run | status | error |", "|---|---|---|"]
         out += [f"| {d} | {s} | {e[:120]} |" for d, s, e in others]
+        out.append("")
+    if unreadable:
+        out += ["## Unreadable records (skipped)", "", "| record | reason |", "|---|---|"]
+        out += [f"| {p} | {why} |" for p, why in unreadable]
         out.append("")
     return "\n".join(out)
 
@@ -286,7 +329,7 @@ def make_tables(key: str, runs: str | Path, out_dir: str | Path = "results", for
     written: dict[str, Path] = {}
     if "md" in formats:
         written["md"] = out_dir / f"{key}.md"
-        atomic_write_bytes(written["md"], render_markdown(paper, tables, runset.other).encode())
+        atomic_write_bytes(written["md"], render_markdown(paper, tables, runset.other, runset.unreadable).encode())
     if "csv" in formats:
         written["csv"] = out_dir / f"{key}.csv"
         atomic_write_bytes(written["csv"], render_csv(tables).encode())
