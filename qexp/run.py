@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from qexp import __version__
 from qexp.config import validate
 from qexp.data.bundle import DataBundle
+from qexp.engine.init import initialise
 from qexp.engine.trainer import Dist, Preempted, Trainer, seed_everything
 from qexp.errors import QexpError
 from qexp.launch import slurm_dist_env
@@ -75,7 +76,9 @@ def build(cfg: DictConfig) -> tuple[DataBundle, torch.nn.Module, QuantHandle]:
     """Data, model and attached quantizers for a composed config (used by train and export)."""
     bundle = build_data(cfg)
     model = build_model(cfg, bundle)
-    handle = apply_quantization(model, cfg.quant)
+    init = initialise(model, cfg.trainer, OmegaConf.to_container(cfg, resolve=True))
+    handle = apply_quantization(model, cfg.quant, initialised=init is not None)
+    handle.init = init
     return bundle, model, handle
 
 
@@ -181,7 +184,9 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any] | None:
             "final_val": result["final_val"],
             "memory": memory,
             "quant": {"name": handle.name, "bits": handle.bits, "layers": sorted(handle.quantizers),
-                      "skipped": handle.skipped, "stages": handle.stages, "stage_epochs": result["plan"]},
+                      "layer_bits": handle.layer_bits(), "skipped": handle.skipped, "stages": handle.stages,
+                      "stage_epochs": result["plan"], "post_training": not result["plan"]},
+            "init": handle.init,
             "choices": picked,
             "config": OmegaConf.to_container(cfg, resolve=True),
             "seed": cfg.seed,
