@@ -6,27 +6,35 @@ From scratch every job trains its own float network (uniform/twn: 30 quantized e
 weights; ternary: 15 float + 15 retraining epochs; INQ: a float stage + 4 partitions).  From
 FP32: one 30-epoch float run, then every quantizer retrains it for 15 epochs (staged quantizers
 skip their float stage), or quantizes it without training (trainer.epochs=0).  Each sweep is one
-``qexp train -m`` process; the time includes its start-up.  Prints a markdown table and writes
-``init_sweep.json`` in --out.
+``qexp train -m`` process; the time includes its start-up.  Wall time on a shared machine is
+noisy, so the CPU time of the child processes (user + system) and the training steps are
+reported too.  Prints a markdown table and writes ``init_sweep.json`` in --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 
-def sweep(out: Path, name: str, overrides: list[str], multirun: bool = True) -> float:
+def _child_cpu() -> float:
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
+def sweep(out: Path, name: str, overrides: list[str], multirun: bool = True) -> dict[str, float]:
+    """Run one ``qexp train`` (-m) process; its wall and CPU seconds."""
     target = out / name
     cmd = [sys.executable, "-m", "qexp", "train", *(["-m"] if multirun else []), *overrides, "trainer.progress=false",
            f"hydra.{'sweep' if multirun else 'run'}.dir={target}"]
-    t0 = time.time()
+    t0, c0 = time.time(), _child_cpu()
     subprocess.run(cmd, check=True, capture_output=True)
-    return time.time() - t0
+    return {"wall": time.time() - t0, "cpu": _child_cpu() - c0}
 
 
 def accuracies(folder: Path) -> dict[str, float]:
@@ -35,6 +43,10 @@ def accuracies(folder: Path) -> dict[str, float]:
         rec = json.loads(rec_path.read_text())
         out[rec["quant"]["name"]] = rec["final"][rec["metric"]]
     return out
+
+
+def steps(folder: Path) -> int:
+    return sum(json.loads(p.read_text())["steps"] for p in folder.rglob("record.json"))
 
 
 def main() -> None:
@@ -56,18 +68,24 @@ def main() -> None:
     init = f"trainer.init_from={out / 'fp32'}"
     times["retrain"] = sweep(out, "retrain", [*q, init, f"trainer.epochs={args.retrain_epochs}"])
     times["direct"] = sweep(out, "direct", [*q, init, "trainer.epochs=0"])
-    acc = {k: accuracies(out / k) for k in ("scratch", "retrain", "direct", "fp32")}
-    result = {"times_s": times, "accuracy": acc, "args": vars(args)}
+    names = ("scratch", "retrain", "direct", "fp32")
+    acc = {k: accuracies(out / k) for k in names}
+    n_steps = {k: steps(out / k) for k in names}
+    result = {"times_s": times, "steps": n_steps, "accuracy": acc, "args": vars(args)}
     (out / "init_sweep.json").write_text(json.dumps(result, indent=1) + "\n")
     n = len(args.quants.split(","))
-    print(f"| sweep of {n} quantizers ({args.model}, {args.bits} bits) | wall time (s) | " + " | ".join(acc["scratch"]) + " |")
-    print("|---|---|" + "---|" * len(acc["scratch"]))
-    rows = [("from scratch", times["scratch"], "scratch"),
-            (f"FP32 once ({times['fp32']:.0f} s) + retrain {args.retrain_epochs} epochs",
-             times["fp32"] + times["retrain"], "retrain"),
-            (f"FP32 once + direct (epochs=0)", times["fp32"] + times["direct"], "direct")]
-    for label, t, key in rows:
-        print(f"| {label} | {t:.0f} | " + " | ".join(f"{100 * acc[key].get(k, float('nan')):.2f}" for k in acc["scratch"]) + " |")
+    print(f"| sweep of {n} quantizers ({args.model}, {args.bits} bits) | wall (s) | CPU (s) | training steps | "
+          + " | ".join(acc["scratch"]) + " |")
+    print("|---|---|---|---|" + "---|" * len(acc["scratch"]))
+    fp = times["fp32"]
+    rows = [("from scratch", times["scratch"], n_steps["scratch"], "scratch"),
+            (f"FP32 once ({fp['wall']:.0f} s) + retrain {args.retrain_epochs} epochs",
+             {k: fp[k] + times["retrain"][k] for k in fp}, n_steps["fp32"] + n_steps["retrain"], "retrain"),
+            ("FP32 once + direct (epochs=0)", {k: fp[k] + times["direct"][k] for k in fp},
+             n_steps["fp32"], "direct")]
+    for label, t, st, key in rows:
+        print(f"| {label} | {t['wall']:.0f} | {t['cpu']:.0f} | {st} | "
+              + " | ".join(f"{100 * acc[key].get(k, float('nan')):.2f}" for k in acc["scratch"]) + " |")
     print(f"FP32 reference: {100 * acc['fp32'].get('fp32', float('nan')):.2f} %")
 
 

@@ -142,10 +142,19 @@ def test_sweep_folder_and_init_match(tmp_path, float_run):
         resolve_path(str(sweep), ["model.hidden"], config)
     with pytest.raises(QexpError, match="init_match"):
         resolve_path(str(sweep), [], config)
+    # a failed run is no source (its checkpoint file still is, named explicitly)
+    failed = sweep / "1_seed=1"
+    (failed / "record.json").unlink()
+    (failed / "status.json").write_text(json.dumps({"status": "failed", "error": "loss became nan"}))
+    with pytest.raises(QexpError, match="did not complete"):
+        resolve_path(str(failed), [], config)
+    assert resolve_path(str(failed / "checkpoints/last.pt"), [], config) == failed / "checkpoints/last.pt"
+    with pytest.raises(QexpError, match="no completed run with seed=1"):
+        resolve_path(str(sweep), ["seed"], config)
     # the whole path through a multirun's check: every job finds its own source
-    jobs = check_overrides([*FAST, "quant=uniform,twn", "seed=0,1", "trainer.epochs=0",
+    jobs = check_overrides([*FAST, "quant=uniform,twn", "seed=0", "trainer.epochs=0",
                             f"trainer.init_from={sweep}", "trainer.init_match=[seed]"], multirun=True)
-    assert len(jobs) == 4
+    assert len(jobs) == 2
 
 
 def test_staged_quantizers_skip_their_float_stage_when_initialised():

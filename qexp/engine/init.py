@@ -25,7 +25,7 @@ from torch import nn
 from qexp.engine.checkpoint import MAGIC, CorruptCheckpoint, load_checkpoint
 from qexp.errors import QexpError
 from qexp.quant.base import plain_keys
-from qexp.report.store import RECORD, read_record
+from qexp.report.store import RECORD, STATUS, read_record
 
 RUN_CHECKPOINT = Path("checkpoints") / "best.pt"
 
@@ -91,8 +91,12 @@ def resolve_path(init_from: str, match: list[str], config: dict[str, Any]) -> Pa
         raise QexpError(f"trainer.init_from={init_from}: no such file or folder "
                         f"(give a qexp run folder, a checkpoint file or a state_dict .pt/.pth)")
     if path.is_dir():
-        if not (path / RECORD).exists() and not (path / RUN_CHECKPOINT).exists():
-            path = match_run(path, match, config)
+        if not any((path / name).exists() for name in (RECORD, STATUS, RUN_CHECKPOINT)):
+            path = match_run(path, match, config)  # a sweep folder
+        record = read_record(path / RECORD) or read_record(path / STATUS) or {}
+        if record.get("status") != "completed":
+            raise QexpError(f"trainer.init_from={path}: the run did not complete (status: {record.get('status', 'unknown')}); "
+                            f"give one of its checkpoint files to use it anyway")
         ckpt = path / RUN_CHECKPOINT
         if not ckpt.exists():
             raise QexpError(f"trainer.init_from={path}: a run folder without {RUN_CHECKPOINT} "
