@@ -67,7 +67,7 @@ def test_retraining_starts_from_the_loaded_weights(tmp_path, float_run):
     from qexp.run import build
 
     a_dir, _ = float_run
-    _, model, handle = build(compose([*FAST, "quant=uniform", "bits=4", f"trainer.init_from={a_dir}"]))
+    _, _, handle = build(compose([*FAST, "quant=uniform", "bits=4", f"trainer.init_from={a_dir}"]))
     want = load_checkpoint(a_dir / "checkpoints/best.pt")["model"]
     for key, w in handle.float_weights().items():
         assert torch.equal(w, want[key])
@@ -126,7 +126,7 @@ def test_sweep_folder_and_init_match(tmp_path, float_run):
     """A sweep folder as init_from: init_match picks the run whose config agrees with the job."""
     from qexp.engine.init import resolve_path
 
-    a_dir, a = float_run
+    a_dir, _ = float_run
     sweep = tmp_path / "sweep"
     for seed in (0, 1):
         run = sweep / f"{seed}_seed={seed}"
@@ -182,7 +182,7 @@ def test_post_training_staged_quantizer_applies_its_final_stage(tmp_path, float_
     """INQ with epochs=0: every weight frozen to a power of two (the final stage), no training."""
     from qexp.engine.checkpoint import load_checkpoint
 
-    a_dir, a = float_run
+    a_dir, _ = float_run
     rec = _train(tmp_path / "inq", "quant=inq", "bits=5", f"trainer.init_from={a_dir}", "trainer.epochs=0")
     assert rec["steps"] == 0 and rec["quant"]["stages"] == [{"ratio": r} for r in (0.5, 0.75, 0.875, 1.0)]
     state = load_checkpoint(tmp_path / "inq/checkpoints/best.pt")["model"]

@@ -404,7 +404,7 @@ def quantizer_kwargs(cfg: dict[str, Any], initialised: bool = False) -> tuple[di
     return q, dropped
 
 
-def make_quantizer(cls: type, kwargs: dict[str, Any], name: str, bits: int | None = None, where: str = "") -> "Quantizer":
+def make_quantizer(cls: type, kwargs: dict[str, Any], name: str, bits: int | None = None, where: str = "") -> Quantizer:
     """One quantizer; ``bits`` (from ``quant.layer_bits``) replaces the config's width."""
     args = dict(kwargs) if bits is None else {**kwargs, "bits": bits}
     try:

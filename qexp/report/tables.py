@@ -245,7 +245,7 @@ def render_csv(tables: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> str
                 for side in ("float", "quant", "direct"):
                     if side not in r:
                         continue
-                    m, sd, n, size = r[side]
+                    m, sd, n, _ = r[side]
                     gap = {"quant": r["gap"], "direct": r.get("direct_gap")}.get(side, "")
                     w.writerow([table["name"], f"width={r['width']} {side}", table.get("metric", "accuracy"), "",
                                 m, sd, n, "", gap, r["ecr"] if side == "quant" else "", ""])
