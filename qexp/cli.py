@@ -42,6 +42,7 @@ def _usage() -> str:
         "  qexp train                                      # digits + MLP + FP32 (embedded default)",
         "  qexp train quant=uniform bits=4 quant.skip=[]   # 4-bit weights in every layer",
         "  qexp train -m quant=fp32,uniform bits=2,4       # sweep: one run per combination",
+        "  qexp train quant=uniform bits=8 trainer.init_from=RUN_DIR trainer.epochs=0   # post-training quantization",
         "  qexp train --help                               # every key with its default",
         "  qexp export runs/2026-11-25/12-00-00            # packed model of a run",
     ]

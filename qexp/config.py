@@ -65,6 +65,11 @@ class TrainerConfig:
     restart_lr_per_stage: bool = True  # each quantization stage warm-starts with a fresh schedule
     handle_signals: bool = True  # SIGTERM/SIGUSR1 -> checkpoint and exit for requeue
     max_steps_per_epoch: Optional[int] = None  # cap (smoke tests)
+    # start from trained weights (qexp/engine/init.py): a run folder, a checkpoint, a state_dict
+    # .pt/.pth, or a sweep folder (init_match picks the run); epochs=0 = post-training quantization
+    init_from: Optional[str] = None
+    init_strict: bool = True  # false: load the tensors that fit, record what was skipped
+    init_match: list[str] = field(default_factory=list)  # config keys a sweep folder's run must share
 
 
 @dataclass
@@ -89,7 +94,7 @@ register_configs()
 # ---------------------------------------------------------------------------------------------
 
 _TRAINER_RULES: dict[str, tuple[Any, str]] = {
-    "epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "epochs": (lambda v: v >= 0, "an integer >= 0 (0 = post-training quantization, no training step)"),
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "optimizer": (lambda v: v in ("sgd", "adam", "adamw"), "one of sgd, adam, adamw"),
@@ -159,10 +164,10 @@ def validate(cfg: DictConfig) -> None:
 
         if not torch.cuda.is_available():
             raise QexpError(f"trainer.device={cfg.trainer.device} but CUDA is not available here; use trainer.device=auto or cpu")
-    validate_quant(cfg.quant)
+    validate_quant(cfg.quant, initialised=cfg.trainer.get("init_from") not in (None, ""))
 
 
-def validate_quant(quant: DictConfig) -> None:
+def validate_quant(quant: DictConfig, initialised: bool = False) -> None:
     from hydra.utils import get_class
 
     q = OmegaConf.to_container(quant, resolve=True)
@@ -177,23 +182,54 @@ def validate_quant(quant: DictConfig) -> None:
                 raise QexpError(f"quant.{key}={q[key]} must be non-decreasing (e.g. [0.5, 0.75, 0.875, 1.0])")
     if q.get("skip") is not None and not isinstance(q.get("skip"), list):
         raise QexpError(f"quant.skip={q.get('skip')} must be a list of layer names, 'first', 'last' (e.g. quant.skip=[first,last]) or []")
-    target = q.pop("_target_", None)
+    layer_bits = q.get("layer_bits") or {}
+    if not isinstance(layer_bits, dict):
+        raise QexpError(f"quant.layer_bits={layer_bits} must be a mapping {{name | glob | first | last: bits}}, "
+                        f"e.g. quant.layer_bits={{first:8,last:8}}")
+    for item, bits in layer_bits.items():
+        if not isinstance(bits, int) or isinstance(bits, bool):
+            raise QexpError(f"quant.layer_bits.{item}={bits!r} must be an integer number of bits")
+    target = q.get("_target_")
     if target is None:
         return
-    stage_epochs = q.pop("stage_epochs", None)
-    for k in ("name", "skip", "act_bits"):
-        q.pop(k, None)
+    from qexp.quant.base import fit_stage_epochs, make_quantizer, quantizer_kwargs, resolve_stage_epochs
+
+    kwargs, dropped_float = quantizer_kwargs(q, initialised)
     try:
         cls = get_class(target)
     except Exception:  # noqa: BLE001
         raise QexpError(f"quant={name}: quantizer class {target} cannot be imported") from None
-    try:
-        quantizer = cls(**q)
-    except TypeError as exc:
-        raise QexpError(f"quant={name}: {exc}") from None
-    from qexp.quant.base import resolve_stage_epochs
+    quantizer = make_quantizer(cls, kwargs, name)
+    for item, bits in layer_bits.items():  # a width this quantizer cannot take fails here, not mid-run
+        make_quantizer(cls, kwargs, name, bits, str(item))
+    n_stages = len(quantizer.stage_plan())
+    resolve_stage_epochs(fit_stage_epochs(q.get("stage_epochs"), n_stages, dropped_float), n_stages)
 
-    resolve_stage_epochs(stage_epochs, len(quantizer.stage_plan()))
+
+def check_model_level(cfg: DictConfig, cache: dict[Any, Any]) -> None:
+    """Checks that need the model: ``trainer.init_from`` (the file, and that it fits the model)
+    and the layer names of ``quant.skip`` / ``quant.layer_bits``.  Run before Hydra creates a run
+    folder; only when one of them is set (it builds the dataset to learn the model's shape).
+    ``cache`` keeps built data and read files between the jobs of a sweep."""
+    init_from = cfg.trainer.get("init_from")
+    if init_from in (None, "") and not cfg.quant.get("layer_bits"):
+        return
+    from types import SimpleNamespace
+
+    from qexp.engine.init import load_into, read_source, resolve_path
+    from qexp.quant.base import apply_quantization
+    from qexp.run import build_data, build_model
+
+    data_key = ("data", OmegaConf.to_yaml(cfg.dataset))
+    if data_key not in cache:
+        cache[data_key] = build_data(cfg).model_kwargs
+    model = build_model(cfg, SimpleNamespace(model_kwargs=cache[data_key], info={}))
+    if init_from not in (None, ""):
+        path = resolve_path(str(init_from), list(cfg.trainer.init_match), OmegaConf.to_container(cfg, resolve=True))
+        if ("file", path) not in cache:
+            cache[("file", path)] = read_source(path)
+        load_into(model, cache[("file", path)], bool(cfg.trainer.init_strict))
+    apply_quantization(model, cfg.quant, initialised=init_from not in (None, ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,6 +425,7 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> list[DictCo
             raise QexpError(f"cannot parse overrides: '{o}': {text} (form: key=value, group=option, key=[a,b])") from None
     jobs = expand_sweep(ours) if multirun else [ours]
     configs = []
+    cache: dict[Any, Any] = {}
     for job in jobs:
         try:
             cfg = compose(job)
@@ -398,6 +435,7 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> list[DictCo
             raise explain_compose_error(exc, job) from None
         check_added_keys(job)
         validate(cfg)
+        check_model_level(cfg, cache)
         configs.append(cfg)
     return configs
 

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from qexp.config import check_targets, fingerprint_diff, fingerprint_keys, same_experiment
 from qexp.engine.checkpoint import latest_valid
 from qexp.errors import QexpError
-from qexp.quant.base import apply_quantization
+from qexp.quant.base import apply_quantization, make_quantizer, quantizer_kwargs
 from qexp.report.memory import decode_export, export_packed, export_payload_bytes
 from qexp.report.store import RECORD, atomic_write_bytes, read_record
 
@@ -28,16 +28,18 @@ EXPORT_NAME = "model.qexp.pt"
 
 
 def quantizer_factory(quant_cfg: dict[str, Any]):
-    """A maker of fresh quantizers of a run's kind (the decoder of its packed weights)."""
-    q = {k: v for k, v in quant_cfg.items() if k not in ("name", "skip", "stage_epochs", "act_bits")}
-    target = q.pop("_target_", None)
+    """A maker of fresh quantizers of a run's kind, ``make(bits=None)``: the decoder of its packed
+    weights, at a layer's own width where ``quant.layer_bits`` gave it one."""
+    target = quant_cfg.get("_target_")
     if target is None:
-        return lambda: None
+        return lambda bits=None: None
     from hydra.utils import get_class
 
     check_targets({"quant": {"_target_": target}}, "quant")
     cls = get_class(target)
-    return lambda: cls(**q)
+    q, _ = quantizer_kwargs(quant_cfg)
+    name = str(quant_cfg.get("name", target))
+    return lambda bits=None: make_quantizer(cls, q, name, bits, "an exported layer")
 
 
 def _build_model(source: str, config: Any, model_kwargs: Any) -> tuple[Any, torch.nn.Module]:
@@ -76,7 +78,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path
         old = state.get("fingerprint")
         what = fingerprint_diff(old, keys) if isinstance(old, dict) else "it has no config fingerprint"
         raise QexpError(f"{path} was not written by the run of {run_dir}/{RECORD} ({what}); export refused")
-    handle = apply_quantization(model, cfg.quant)
+    handle = apply_quantization(model, cfg.quant, initialised=cfg.trainer.get("init_from") not in (None, ""))
     _load_weights(model, state.get("model"), str(path))
     export = export_packed(model, handle, extra={
         "config": record["config"], "model_kwargs": record["model_kwargs"], "metric": record["metric"],

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from qexp import __version__
 from qexp.config import fingerprint, fingerprint_diff, fingerprint_keys, validate
 from qexp.data.bundle import DataBundle
+from qexp.engine.init import initialise
 from qexp.engine.trainer import Dist, Preempted, Trainer, seed_everything
 from qexp.errors import QexpError
 from qexp.launch import slurm_dist_env
@@ -91,7 +92,9 @@ def build(cfg: DictConfig) -> tuple[DataBundle, torch.nn.Module, QuantHandle]:
     bundle = build_data(cfg)
     model = build_model(cfg, bundle)
     check_model_sizes(cfg, model)
-    handle = apply_quantization(model, cfg.quant)
+    init = initialise(model, cfg.trainer, OmegaConf.to_container(cfg, resolve=True))
+    handle = apply_quantization(model, cfg.quant, initialised=init is not None)
+    handle.init = init
     return bundle, model, handle
 
 
@@ -113,7 +116,7 @@ def bits_warning(cfg: DictConfig, handle: QuantHandle) -> str | None:
 def epochs_warning(cfg: DictConfig, handle: QuantHandle) -> str | None:
     """``quant=sq trainer.epochs=1``: every stage trains at least one epoch, so more run than asked."""
     stages = len(handle.stages)
-    if handle.stage_epochs or cfg.trainer.epochs >= stages:
+    if handle.stage_epochs or cfg.trainer.epochs == 0 or cfg.trainer.epochs >= stages:  # 0: post-training
         return None
     return (f"trainer.epochs={cfg.trainer.epochs} is fewer than the {stages} stages of quant={handle.name}: "
             f"{stages} epochs will run (one per stage); set trainer.epochs or quant.stage_epochs")
@@ -303,7 +306,9 @@ def _train_locked(cfg: DictConfig, run_dir: Path, dist: Dist, t0: float) -> dict
             "final_val": result["final_val"],
             "memory": memory,
             "quant": {"name": handle.name, "bits": handle.bits, "layers": sorted(handle.quantizers),
-                      "skipped": handle.skipped, "stages": handle.stages, "stage_epochs": result["plan"]},
+                      "layer_bits": handle.layer_bits(), "skipped": handle.skipped, "stages": handle.stages,
+                      "stage_epochs": result["plan"], "post_training": not result["plan"]},
+            "init": handle.init,
             "choices": picked,
             "config": OmegaConf.to_container(cfg, resolve=True),
             "fingerprint": fingerprint(keys),

@@ -30,7 +30,7 @@ def make_quantizer(kind: str):
     from hydra.utils import get_class
 
     cfg = yaml.safe_load((config_dir() / "quant" / f"{kind}.yaml").read_text())
-    for key in ("name", "skip", "stage_epochs", "act_bits"):
+    for key in ("name", "skip", "stage_epochs", "act_bits", "layer_bits"):
         cfg.pop(key, None)
     cls = get_class(cfg.pop("_target_"))
     if isinstance(cfg.get("bits"), str):

@@ -57,14 +57,18 @@ def test_width_study_effective_compression(tmp_path):
         (runs / f"f{w}" / "record.json").write_text(json.dumps({**json.loads((runs / f"f{w}" / "record.json").read_text()),
                                                                "memory": {"fp32_bytes": w * 100, "packed_bytes": w * 100,
                                                                           "reduction": 1.0}}))
-    fake_record(runs / "t64", "ffdnn", "ternary", 0.90, 0, extra={"width": 64})
+    fake_record(runs / "t64", "ffdnn", "ternary", 0.90, 0, extra={"width": 64, "epochs": 15})
     rec = json.loads((runs / "t64" / "record.json").read_text())
     rec["memory"] = {"fp32_bytes": 6400, "packed_bytes": 400, "reduction": 16.0}
     (runs / "t64" / "record.json").write_text(json.dumps(rec))
-    make_tables("sung2015", runs, tmp_path / "out", formats=("md",), plot=False)
+    # the same ternary net quantized directly from the float one (trainer.epochs=0): its own column
+    fake_record(runs / "d64", "ffdnn", "ternary", 0.75, 0, extra={"width": 64, "epochs": 0})
+    make_tables("sung2015", runs, tmp_path / "out", formats=("md", "csv"), plot=False)
     summary = json.loads((tmp_path / "out" / "sung2015.json").read_text())
     row64 = [r for r in summary["ffdnn_width"] if r["width"] == 64][0]
-    assert row64["gap"] == pytest.approx(5.0)
+    assert row64["gap"] == pytest.approx(5.0) and row64["direct_gap"] == pytest.approx(20.0)
+    assert row64["quant"][2] == row64["direct"][2] == 1
+    assert "ffdnn_width,width=64 direct,accuracy,,0.75,0.0,1,,19.99" in (tmp_path / "out" / "sung2015.csv").read_text()
     # the float net with the ternary net's error (10 %) is the width-32 one: 3200 bytes / 400 bytes
     assert row64["ecr"] == pytest.approx(8.0)
     md = (tmp_path / "out" / "sung2015.md").read_text()

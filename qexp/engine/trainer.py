@@ -115,7 +115,10 @@ def lr_factor(cfg: Any, step: int, steps_per_epoch: int, epochs: int) -> float:
 
 
 def stage_epochs(handle: QuantHandle | None, epochs: int) -> list[int]:
-    """Epochs per stage: the quantizer's ``stage_epochs`` or ``trainer.epochs`` split evenly."""
+    """Epochs per stage: the quantizer's ``stage_epochs`` or ``trainer.epochs`` split evenly;
+    none at all for ``trainer.epochs=0`` (post-training quantization, whatever the stages say)."""
+    if epochs == 0:
+        return []
     stages = handle.stages if handle is not None else [{}]
     if handle is not None and handle.stage_epochs:
         return list(handle.stage_epochs)
@@ -265,7 +268,14 @@ class Trainer:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch, n_ep))
             return opt, sched
 
-        resumed = self.resume_state if self.resume_state is not None else self.prepare_resume()
+        if not plan and handle is not None:
+            handle.set_stage(len(handle.stages) - 1)  # post-training: the final stage, everything quantized
+        resumed = None
+        if plan:
+            resumed = self.resume_state if self.resume_state is not None else self.prepare_resume()
+        if resumed is not None and "optimizer" not in resumed:  # a post-training run's checkpoint
+            log.info("%s holds no training state; training starts from the initial weights", resumed["_path"])
+            resumed = None
         if resumed is not None:
             try:
                 state.update({k: resumed[k] for k in state})
@@ -419,8 +429,15 @@ class Trainer:
         if self.dist.is_main:
             result["final"] = self.evaluate_tests(model, bundle)
             result["final_val"] = self._evaluate(model, bundle, bundle.val)
-            best = self._load_best(model)
-            if best is not None:
+            best_path = self.ckpt_dir / "best.pt"
+            best = self._load_best(model) if plan else None
+            if not plan:  # post-training quantization: the quantized model is the run's checkpoint
+                done = {"model": model.state_dict(), "epoch": 0, "global_step": 0, "plan": [],
+                        "val": result["final_val"], "fingerprint": self.fingerprint}
+                ckpt.rotate_and_save(self.ckpt_dir, done)
+                ckpt.save_checkpoint(best_path, done)
+                result["best"], result["best_epoch"] = dict(result["final"]), 0
+            elif best is not None:
                 last_state = {k: v.clone() for k, v in model.state_dict().items()}
                 model.load_state_dict(best)
                 result["best"] = self.evaluate_tests(model, bundle)

@@ -14,6 +14,7 @@ Stage state lives in buffers, so checkpoints carry it.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,24 +271,66 @@ def original_weight(module: nn.Module, pname: str) -> torch.Tensor:
     return getattr(module, pname)
 
 
+def plain_keys(state: dict[str, Any]) -> dict[str, Any]:
+    """A (possibly quantized) model's state dict under the names of the unquantized model: the float
+    shadow weight ``m.parametrizations.weight.original`` becomes ``m.weight``; quantizer buffers go."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if ".parametrizations." in f".{key}":
+            head, _, tail = key.partition("parametrizations.")
+            pname, _, rest = tail.partition(".")
+            if rest == "original":
+                out[f"{head}{pname}"] = value
+            continue
+        out[key] = value
+    return out
+
+
 def _resolve_skip(entries: list[tuple[str, nn.Module, str]], skip: list[str]) -> set[str]:
-    keys = [f"{m}.{p}" if m else p for m, _, p in entries]
-    modules = [m for m, _, _ in entries]
     skipped: set[str] = set()
     for item in skip:
-        item = str(item)
-        if item == "first" and keys:
-            skipped.update(k for k, m in zip(keys, modules) if m == modules[0])
-        elif item == "last" and keys:
-            skipped.update(k for k, m in zip(keys, modules) if m == modules[-1])
-        elif item in keys:
-            skipped.add(item)
-        elif item in modules:
-            skipped.update(k for k, m in zip(keys, modules) if m == item)
-        else:
-            allowed = ", ".join(["first", "last"] + sorted(set(modules)))
+        hits = _match_layers(entries, str(item))
+        if not hits:
+            allowed = ", ".join(["first", "last"] + sorted({m for m, _, _ in entries}))
             raise QexpError(f"quant.skip names '{item}', which is not a quantizable layer of this model; allowed: {allowed}")
+        skipped.update(hits)
     return skipped
+
+
+def _match_layers(entries: list[tuple[str, nn.Module, str]], item: str) -> list[str]:
+    """Parameter keys an entry of ``quant.skip`` / ``quant.layer_bits`` names: ``first``, ``last``,
+    a module name, a parameter key, or a shell-style glob over either (``features.*``)."""
+    keys = [f"{m}.{p}" if m else p for m, _, p in entries]
+    modules = [m for m, _, _ in entries]
+    if item in ("first", "last") and keys:
+        wanted = modules[0] if item == "first" else modules[-1]
+        return [k for k, m in zip(keys, modules) if m == wanted]
+    if item in keys:
+        return [item]
+    if any(c in item for c in "*?["):
+        return [k for k, m in zip(keys, modules) if fnmatch.fnmatchcase(m, item) or fnmatch.fnmatchcase(k, item)]
+    return [k for k, m in zip(keys, modules) if m == item]
+
+
+def resolve_layer_bits(entries: list[tuple[str, nn.Module, str]], layer_bits: dict[str, Any],
+                       skipped: set[str]) -> dict[str, int]:
+    """``quant.layer_bits`` ({name | glob | first | last: bits}) as bits per parameter key; later
+    entries win where two name the same layer."""
+    out: dict[str, int] = {}
+    modules = sorted({m for m, _, _ in entries})
+    for item, bits in layer_bits.items():
+        item = str(item)
+        if not isinstance(bits, int) or isinstance(bits, bool):
+            raise QexpError(f"quant.layer_bits.{item}={bits!r} must be an integer number of bits")
+        hits = _match_layers(entries, item)
+        if not hits:
+            raise QexpError(f"quant.layer_bits names '{item}', which matches no quantizable layer of this model; "
+                            f"allowed: first, last, a shell glob, or {', '.join(modules)}")
+        kept = [k for k in hits if k in skipped]
+        if kept:
+            raise QexpError(f"quant.layer_bits names '{item}' ({kept[0]}), which quant.skip keeps in float")
+        out.update({k: bits for k in hits})
+    return out
 
 
 def resolve_stage_epochs(stage_epochs: Any, n_stages: int) -> list[int] | None:
@@ -312,6 +355,8 @@ class QuantHandle:
     skipped: list[str]
     stages: list[dict[str, Any]]
     stage_epochs: list[int] | None = None
+    default_bits: int | None = None  # the width of layers that quant.layer_bits does not name
+    init: dict[str, Any] | None = None  # the trained weights the model started from (trainer.init_from)
 
     def set_stage(self, index: int) -> None:
         for q in self.quantizers.values():
@@ -325,26 +370,73 @@ class QuantHandle:
 
     @property
     def bits(self) -> int | None:
+        if self.default_bits is not None:
+            return self.default_bits
         return next((q.bits for q in self.quantizers.values()), None)
 
+    def layer_bits(self) -> dict[str, int]:
+        return {k: q.bits for k, q in self.quantizers.items()}
 
-def apply_quantization(model: nn.Module, quant_cfg: Any) -> QuantHandle:
+
+def resolve_float_stage(cfg: dict[str, Any], initialised: bool) -> bool:
+    """``pretrain_stage: null`` (auto) of a staged quantizer: a float stage 0 only when the run
+    does not start from trained weights (``trainer.init_from``).  Sets the concrete value in
+    ``cfg``; returns True when auto dropped the float stage."""
+    if "pretrain_stage" not in cfg or cfg["pretrain_stage"] is not None:
+        return False
+    cfg["pretrain_stage"] = not initialised
+    return initialised
+
+
+def fit_stage_epochs(stage_epochs: Any, n_stages: int, dropped_float: bool) -> Any:
+    """A ``stage_epochs`` list written for the full schedule ([float, ...]) loses its float entry
+    when auto dropped the float stage (the experiment files list the paper's whole schedule)."""
+    if dropped_float and isinstance(stage_epochs, (list, tuple)) and len(stage_epochs) == n_stages + 1:
+        return list(stage_epochs)[1:]
+    return stage_epochs
+
+
+def quantizer_kwargs(cfg: dict[str, Any], initialised: bool = False) -> tuple[dict[str, Any], bool]:
+    """The constructor arguments in a ``quant`` config (what is not qexp's own bookkeeping)."""
+    q = {k: v for k, v in cfg.items()
+         if k not in ("name", "_target_", "skip", "stage_epochs", "act_bits", "layer_bits")}
+    dropped = resolve_float_stage(q, initialised)
+    return q, dropped
+
+
+def make_quantizer(cls: type, kwargs: dict[str, Any], name: str, bits: int | None = None, where: str = "") -> Quantizer:
+    """One quantizer; ``bits`` (from ``quant.layer_bits``) replaces the config's width."""
+    args = dict(kwargs) if bits is None else {**kwargs, "bits": bits}
+    try:
+        return cls(**args)
+    except TypeError as exc:
+        raise QexpError(f"quant={name}: {exc}") from None
+    except QexpError as exc:
+        if bits is None:
+            raise
+        raise QexpError(f"quant.layer_bits: {bits} bits for {where}: {exc}") from None
+
+
+def apply_quantization(model: nn.Module, quant_cfg: Any, initialised: bool = False) -> QuantHandle:
     """Attach one quantizer per quantizable weight, following ``quant_cfg`` (the ``quant`` group).
 
-    ``quant_cfg`` holds ``_target_`` (the quantizer class, or null for fp32), ``skip`` and the
-    quantizer's own keys.  ``stage_epochs`` (optional) sets the epochs of each stage.
+    ``quant_cfg`` holds ``_target_`` (the quantizer class, or null for fp32), ``skip``,
+    ``layer_bits`` (per-layer widths) and the quantizer's own keys.  ``stage_epochs`` (optional)
+    sets the epochs of each stage.  ``initialised``: the model holds trained float weights
+    (``trainer.init_from``), so staged quantizers with ``pretrain_stage: null`` skip their float stage.
     """
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(quant_cfg, resolve=True) if not isinstance(quant_cfg, dict) else dict(quant_cfg)
-    name = str(cfg.pop("name", cfg.get("_target_") or "fp32"))
-    target = cfg.pop("_target_", None)
-    skip = list(cfg.pop("skip", []) or [])
-    stage_epochs = cfg.pop("stage_epochs", None)
-    cfg.pop("act_bits", None)
+    name = str(cfg.get("name", cfg.get("_target_") or "fp32"))
+    target = cfg.get("_target_")
+    skip = list(cfg.get("skip") or [])
+    layer_bits_cfg = dict(cfg.get("layer_bits") or {})
+    kwargs, dropped_float = quantizer_kwargs(cfg, initialised)
     entries = quantizable_params(model)
     skipped = _resolve_skip(entries, skip)
+    per_layer = resolve_layer_bits(entries, layer_bits_cfg, skipped)
     if target is None:
         return QuantHandle(name, {}, {}, sorted(skipped), [{}], None)
     cls = get_class(target)
@@ -354,10 +446,7 @@ def apply_quantization(model: nn.Module, quant_cfg: Any) -> QuantHandle:
         key = f"{mname}.{pname}" if mname else pname
         if key in skipped:
             continue
-        try:
-            q = cls(**cfg)
-        except TypeError as exc:
-            raise QexpError(f"quant={name}: {exc}") from None
+        q = make_quantizer(cls, kwargs, name, per_layer.get(key), key)
         weight = getattr(module, pname)
         check_finite(weight.detach(), f"quant={name} on {key}")
         q.attach(weight.detach())
@@ -369,7 +458,9 @@ def apply_quantization(model: nn.Module, quant_cfg: Any) -> QuantHandle:
         raise QexpError(f"quant={name} quantizes no layer of this model (quant.skip={skip}); use quant.skip=[] or quant=fp32")
     first = next(iter(quantizers.values()))
     stages = first.stage_plan()
-    handle = QuantHandle(name, quantizers, owners, sorted(skipped), stages, resolve_stage_epochs(stage_epochs, len(stages)))
+    stage_epochs = fit_stage_epochs(cfg.get("stage_epochs"), len(stages), dropped_float)
+    default_bits = make_quantizer(cls, kwargs, name).bits
+    handle = QuantHandle(name, quantizers, owners, sorted(skipped), stages,
+                         resolve_stage_epochs(stage_epochs, len(stages)), default_bits)
     handle.set_stage(0)
     return handle
-

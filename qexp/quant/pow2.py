@@ -145,19 +145,20 @@ class INQQuantizer(Quantizer):
     starts, from the float weights at that time: the largest-magnitude not-yet-frozen weights
     are added until ``round(ratio * numel)`` are frozen.  The forward is
     ``where(frozen, Q(w), w)``, so frozen entries get no gradient and keep their value.
-    ``pretrain_stage`` (default true) adds a float stage 0 before the partitions: INQ starts
-    from a trained float network.
+    ``pretrain_stage`` (default true; the config's null = auto: true unless the run starts from
+    trained float weights, ``trainer.init_from``) adds a float stage 0 before the partitions: INQ
+    starts from a trained float network.
     """
 
     kind = "inq"
 
-    def __init__(self, bits: int, ratios: list[float] = (0.5, 0.75, 0.875, 1.0), pretrain_stage: bool = True):
+    def __init__(self, bits: int, ratios: list[float] = (0.5, 0.75, 0.875, 1.0), pretrain_stage: bool | None = True):
         check_bits(self.kind, bits, 2, 8)
         self_ratios = check_ratios(self.kind, ratios, must_end_at_one=True)
         super().__init__(bits, per_channel=False)
         self.n_exp = 2 ** (bits - 2)
         self.ratios = self_ratios
-        self.pretrain_stage = bool(pretrain_stage)
+        self.pretrain_stage = pretrain_stage is None or bool(pretrain_stage)
         self.register_buffer("ratio", torch.tensor(0.0 if self.pretrain_stage else self.ratios[0]))
         self.register_buffer("n1", torch.zeros(1, dtype=torch.int16))
         self.register_buffer("frozen", torch.zeros(0, dtype=torch.bool))

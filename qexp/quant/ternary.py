@@ -6,7 +6,8 @@ step that minimises the L2 quantization error ||W - Q_Delta(W)||^2, found by a v
 search over Delta in (0, max|W| / L] refined once around the best candidate.
 
 The schedule has two stages, as in the paper: stage 0 trains the float network (quantizer
-disabled); stage 1 retrains with quantized weights in the forward pass and float shadow weights
+disabled; ``pretrain_stage``, dropped by default when the run starts from trained float weights,
+``trainer.init_from``); stage 1 retrains with quantized weights in the forward pass and float shadow weights
 updated through the straight-through estimator.  Delta is fitted at the start of stage 1 from
 the trained float weights and then kept (``refit_step=true``: re-fitted at every step).
 Without ``quant.stage_epochs`` the trainer splits ``trainer.epochs`` evenly between the stages.
@@ -53,7 +54,8 @@ def l2_optimal_step(rows: torch.Tensor, levels: int, candidates: int = 64) -> to
 class HwangSungQuantizer(Quantizer):
     kind = "ternary"
 
-    def __init__(self, bits: int = 2, per_channel: bool = False, refit_step: bool = False, candidates: int = 64):
+    def __init__(self, bits: int = 2, per_channel: bool = False, refit_step: bool = False, candidates: int = 64,
+                 pretrain_stage: bool | None = True):
         check_bits(self.kind, bits, 2, 8)
         if not isinstance(candidates, int) or isinstance(candidates, bool) or not 4 <= candidates <= 4096:
             raise QexpError(f"quant.candidates={candidates!r} is out of range; allowed: an integer 4..4096")
@@ -61,6 +63,7 @@ class HwangSungQuantizer(Quantizer):
         self.levels = 2 ** (bits - 1) - 1
         self.refit_step = bool(refit_step)
         self.candidates = candidates
+        self.pretrain_stage = pretrain_stage is None or bool(pretrain_stage)  # None (auto) unresolved: as in the paper
         # the fitted step(s); 0 = not fitted yet (fitted from the weights at the next use)
         self.register_buffer("step", torch.zeros(1))
         self._fitted = False  # Python mirror of "step is fitted": no host sync per forward
@@ -75,11 +78,12 @@ class HwangSungQuantizer(Quantizer):
         self._fitted = bool((self.step > 0).all())  # once per load
 
     def stage_plan(self):
-        return [{"phase": "float"}, {"phase": "retrain"}]
+        return ([{"phase": "float"}] if self.pretrain_stage else []) + [{"phase": "retrain"}]
 
     def set_stage(self, index: int) -> None:
         super().set_stage(index)
-        self.set_enabled(index >= 1)
+        plan = self.stage_plan()
+        self.set_enabled(plan[min(index, len(plan) - 1)]["phase"] == "retrain")
         self.step.zero_()  # re-fit Delta from the weights the new stage starts with
         self._fitted = False
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qexp.quant.base import Packed, QuantHandle
+from qexp.quant.base import Packed, QuantHandle, plain_keys
 
 FORMAT = "qexp-packed-v1"
 
@@ -29,16 +29,7 @@ def _tensor_nbytes(t: torch.Tensor, as_fp32: bool = True) -> int:
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict as an unquantized model would have it (float shadow weights under
     their plain names, quantizer buffers dropped)."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        if ".parametrizations." in f".{key}":
-            head, _, tail = key.partition("parametrizations.")
-            pname, _, rest = tail.partition(".")
-            if rest == "original":
-                out[f"{head}{pname}"] = value
-            continue
-        out[key] = value
-    return out
+    return plain_keys(model.state_dict())
 
 
 def fp32_bytes(model: nn.Module) -> int:
@@ -55,7 +46,8 @@ def export_packed(model: nn.Module, handle: QuantHandle | None, extra: dict[str,
     }
     return {
         "format": FORMAT,
-        "quantized": {k: p.to_state() for k, p in packed.items()},
+        # each layer's quantizer width (quant.layer_bits): its decoder is built at that width
+        "quantized": {k: {**p.to_state(), "quantizer_bits": handle.quantizers[k].bits} for k, p in packed.items()},
         "float": floats,
         **(extra or {}),
     }
@@ -90,12 +82,12 @@ def measure_memory(model: nn.Module, handle: QuantHandle | None) -> dict[str, An
 
 
 def decode_export(export: dict[str, Any], make_quantizer) -> dict[str, torch.Tensor]:
-    """Plain float state dict rebuilt from an export; ``make_quantizer()`` returns a quantizer
-    of the run's kind (its ``decode`` uses only what the packed state holds)."""
+    """Plain float state dict rebuilt from an export; ``make_quantizer(bits)`` returns a quantizer
+    of the run's kind at a layer's width (its ``decode`` uses only what the packed state holds)."""
     if export.get("format") != FORMAT:
         raise ValueError(f"not a {FORMAT} export")
     state = dict(export["float"])
     for key, pstate in export["quantized"].items():
         packed = Packed.from_state(pstate)
-        state[key] = make_quantizer().decode(packed)
+        state[key] = make_quantizer(pstate.get("quantizer_bits")).decode(packed)
     return state

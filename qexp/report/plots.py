@@ -19,8 +19,10 @@ MARKERS = {"fp32": "*", "uniform": "o", "fixed": "s", "inq": "D", "bwn": "v", "t
 
 def _plot_width(ax, table: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     scale = table["_scale"]
-    for side, label, marker in (("float", "float", "o"), ("quant", "quantized", "s")):
-        pts = [(r["width"], r[side][0] * scale, (r[side][1] or 0) * scale) for r in rows if r[side][2]]
+    sides = (("float", "float", "o"), ("quant", "retrained" if "direct" in table else "quantized", "s"),
+             ("direct", "direct (no retraining)", "^"))
+    for side, label, marker in sides:
+        pts = [(r["width"], r[side][0] * scale, (r[side][1] or 0) * scale) for r in rows if side in r and r[side][2]]
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=f"-{marker}",
                         capsize=3, label=label)
@@ -29,7 +31,7 @@ def _plot_width(ax, table: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         twin = ax.twinx()
         twin.bar([g[0] for g in gaps], [g[1] for g in gaps], width=[g[0] * 0.3 for g in gaps], alpha=0.25,
                  color="red", label="gap")
-        twin.set_ylabel("gap float − quantized (points)", color="red")
+        twin.set_ylabel(f"gap float − {'retrained' if 'direct' in table else 'quantized'} (points)", color="red")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("width (units per hidden layer)")
     ax.set_ylabel(f"{table.get('metric', 'accuracy')} ({table.get('unit', '%')})")

@@ -3,6 +3,17 @@
 The sweeps are data too (``mini:`` in ``configs/paper/<key>.yaml``).  Each runs as a Hydra
 multirun into ``RUNS/<key>/<sweep>`` with ``skip_completed=true``, so an interrupted
 reproduction continues where it stopped; the tables are regenerated at the end.
+
+Sweeps run in file order.  A sweep may start from the runs of an earlier one ("train the float
+model once, then quantize it N ways")::
+
+    - name: ffdnn_direct
+      overrides: [model=ffdnn, "model.width=16,32", quant=ternary, bits=2, "seed=0,1", trainer.epochs=0]
+      init_from: {sweep: ffdnn_float, match: [model.width, seed]}
+
+Each of its jobs starts from the completed run of ``ffdnn_float`` whose resolved config has the
+job's values of the ``match`` keys (``trainer.init_from=<that sweep's folder>`` with
+``trainer.init_match=[...]``; qexp picks the run, or stops with a one-line error before any job).
 """
 
 from __future__ import annotations
@@ -16,16 +27,34 @@ from qexp.errors import QexpError
 from qexp.report.tables import PAPERS, load_paper, make_tables
 
 
+def init_overrides(key: str, sweep: dict, earlier: list[str], runs: Path) -> list[str]:
+    """The overrides that make ``sweep`` start from the runs of an earlier sweep (its ``init_from``)."""
+    dep = sweep.get("init_from")
+    if dep is None:
+        return []
+    if not isinstance(dep, dict) or not isinstance(dep.get("sweep"), str) or not isinstance(dep.get("match", []), list):
+        raise QexpError(f"{key}/{sweep['name']}: init_from must be {{sweep: NAME, match: [key, ...]}}, got {dep}")
+    if dep["sweep"] not in earlier:
+        raise QexpError(f"{key}/{sweep['name']}: init_from names sweep '{dep['sweep']}', which is not an earlier sweep "
+                        f"of this paper (earlier: {', '.join(earlier) or 'none'})")
+    match = ",".join(str(k) for k in dep.get("match", []))
+    return [f"trainer.init_from={(runs / key / dep['sweep']).resolve()}", f"trainer.init_match=[{match}]"]
+
+
 def run_mini(papers: list[str], runs: str | Path, out_dir: str | Path, dry_run: bool = False) -> None:
     runs = Path(runs)
     for key in papers:
         paper = load_paper(key)
         sweeps = paper.get("mini", [])
-        for sweep in sweeps:
+        planned = []  # every sweep's overrides first: a bad init_from stops before anything runs
+        for i, sweep in enumerate(sweeps):
+            earlier = [s["name"] for s in sweeps[:i]]
+            planned.append((sweep, [*map(str, sweep["overrides"]), *init_overrides(key, sweep, earlier, runs)]))
+        for sweep, overrides in planned:
             target = runs / key / sweep["name"]
-            cmd = [sys.executable, "-m", "qexp", "train", "-m", *map(str, sweep["overrides"]),
+            cmd = [sys.executable, "-m", "qexp", "train", "-m", *overrides,
                    f"hydra.sweep.dir={target}", "skip_completed=true", "trainer.progress=false"]
-            print(f"[{key}] {sweep['name']}: qexp train -m {' '.join(map(str, sweep['overrides']))}", flush=True)
+            print(f"[{key}] {sweep['name']}: qexp train -m {' '.join(overrides)}", flush=True)
             if dry_run:
                 continue
             t0 = time.time()

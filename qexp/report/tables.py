@@ -179,22 +179,27 @@ def build_rows(table: dict[str, Any], metric: str, records: list[dict[str, Any]]
 def build_width_rows(table: dict[str, Any], metric: str, records: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
     """sung2015's study: float vs quantized accuracy per network width, the gap, and the
     effective compression ratio = (float size reaching the quantized net's error, interpolated in
-    log-size over widths) / (quantized packed size)."""
+    log-size over widths) / (quantized packed size).  An optional ``direct`` match adds the
+    directly quantized network (no retraining) and its gap beside the retrained one."""
     import numpy as np
 
     rows = []
+    sides = ("float", "quant", "direct") if "direct" in table else ("float", "quant")
     for w in table["widths"]:
         pair = {}
-        for side in ("float", "quant"):
+        for side in sides:
             hits = [r for r in records if matches(r, table[side]) and lookup(r, table["width_key"]) == w]
             mean, std, n = _stats([r["final"].get(metric) for r in hits])
             size, _, _ = _stats([r["memory"]["packed_bytes"] for r in hits])
             pair[side] = (mean, std, n, size)
-        rows.append({"width": w, "float": pair["float"], "quant": pair["quant"]})
+        rows.append({"width": w, **pair})
     fl = [(r["float"][3], 1 - r["float"][0]) for r in rows if r["float"][2]]
     for r in rows:
         fm, qm = r["float"][0], r["quant"][0]
         r["gap"] = None if fm is None or qm is None else (fm - qm) * scale
+        if "direct" in r:
+            dm = r["direct"][0]
+            r["direct_gap"] = None if fm is None or dm is None else (fm - dm) * scale
         r["ecr"] = None
         r["ecr_note"] = ""
         if qm is not None and len(fl) >= 2:
@@ -215,14 +220,19 @@ def build_width_rows(table: dict[str, Any], metric: str, records: list[dict[str,
 
 def render_width_table(table: dict[str, Any], rows: list[dict[str, Any]], scale: float) -> list[str]:
     unit = table.get("unit", "%")
-    out = [f"| width | float ({unit}) | n | quantized ({unit}) | n | gap float − quantized | float bytes | "
-           "quantized bytes (packed) | effective compression ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    direct = "direct" in table
+    quant = "retrained" if direct else "quantized"
+    head = f"| width | float ({unit}) | n | {quant} ({unit}) | n | gap float − {quant} | "
+    head += f"direct, no retraining ({unit}) | n | gap float − direct | " if direct else ""
+    cols = 12 if direct else 9
+    out = [head + "float bytes | quantized bytes (packed) | effective compression ratio |", "|---" * cols + "|"]
+    cell = lambda m, sd, n: (f"{m * scale:.2f} ± {sd * scale:.2f}" if n else "**missing**")  # noqa: E731
     for r in rows:
         f, q = r["float"], r["quant"]
-        cell = lambda m, sd, n: (f"{m * scale:.2f} ± {sd * scale:.2f}" if n else "**missing**")  # noqa: E731
         ecr = f"{r['ecr_note']}{r['ecr']:.1f}x" if r["ecr"] else ""
+        d = f"{cell(*r['direct'][:3])} | {r['direct'][2]} | {_fmt(r['direct_gap'])} | " if direct else ""
         out.append(f"| {r['width']} | {cell(*f[:3])} | {f[2]} | {cell(*q[:3])} | {q[2]} | "
-                   f"{_fmt(r['gap'])} | {_fmt(f[3], 0)} | {_fmt(q[3], 0)} | {ecr} |")
+                   f"{_fmt(r['gap'])} | {d}{_fmt(f[3], 0)} | {_fmt(q[3], 0)} | {ecr} |")
     return out
 
 
@@ -275,11 +285,13 @@ def render_csv(tables: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> str
     for table, rows in tables:
         if table.get("kind") == "width_gap":
             for r in rows:
-                for side in ("float", "quant"):
-                    m, sd, n, size = r[side]
+                for side in ("float", "quant", "direct"):
+                    if side not in r:
+                        continue
+                    m, sd, n, _ = r[side]
+                    gap = {"quant": r["gap"], "direct": r.get("direct_gap")}.get(side, "")
                     w.writerow([table["name"], f"width={r['width']} {side}", table.get("metric", "accuracy"), "",
-                                m, sd, n, "", r["gap"] if side == "quant" else "",
-                                r["ecr"] if side == "quant" else "", ""])
+                                m, sd, n, "", gap, r["ecr"] if side == "quant" else "", ""])
             continue
         for r in rows:
             w.writerow([table["name"], r["label"], r["metric"], r["bits"], r["ours"], r["std"], r["n"], r["paper"],
