@@ -62,16 +62,25 @@ def _hydra_train(argv: list[str]) -> None:
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
         from qexp.engine.trainer import Preempted
+        from qexp.errors import JobFailed
         from qexp.run import train
 
         try:
             train(cfg, HydraConfig.get().runtime.output_dir)
-        except QexpError as exc:
-            fail(str(exc), exc.exit_code)
-        except Preempted as exc:
-            fail(f"preempted: {exc}; run the same command again to resume", 75)
+        except (QexpError, Preempted) as exc:
+            if isinstance(exc, QexpError):
+                message, code = str(exc), exc.exit_code
+            else:
+                message, code = f"preempted: {exc}; run the same command again to resume", 75
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                fail(message, code)
+            # a sweep job: an Exception (never SystemExit) lets every launcher record the failed
+            # job and go on; qexp's sweeper prints each failed job's line at the end
+            logging.getLogger("qexp").error("error: %s", message)
+            raise JobFailed(message, code) from None
 
     sys.argv = ["qexp train", *argv]
     _main()

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from qexp import __version__
 from qexp.config import validate
 from qexp.data.bundle import DataBundle
-from qexp.engine.trainer import Dist, Preempted, Trainer, seed_everything
+from qexp.engine.trainer import Dist, Preempted, Requeued, Trainer, seed_everything
 from qexp.errors import QexpError
 from qexp.launch import slurm_dist_env
 from qexp.quant.base import QuantHandle, apply_quantization
@@ -162,7 +162,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any] | None:
         seed_everything(cfg.seed, cfg.trainer.deterministic)
         bundle, model, handle = build(cfg)
         if dist.is_main:
-            write_status(run_dir, "running", epoch=0, step=0)
+            write_status(run_dir, "running")  # the trainer adds epoch and step (a resumed run's, too)
         trainer = Trainer(cfg.trainer, run_dir, cfg.seed, dist)
         picked = choices(cfg)
         hparams = {**picked, "bits": cfg.bits if handle.quantizers else 32, "seed": cfg.seed,
@@ -209,6 +209,11 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any] | None:
     except Preempted as exc:
         if dist.is_main:
             write_status(run_dir, "preempted", error=str(exc))
+        raise
+    except Requeued:
+        if dist.is_main:
+            write_status(run_dir, "preempted", requeued=True,
+                         error="checkpoint saved; the launcher requeued the job, which resumes when it starts again")
         raise
     except BaseException as exc:
         if dist.is_main:
