@@ -9,12 +9,18 @@ from pathlib import Path
 
 from qexp.errors import QexpError
 
+# removed commands -> what to use instead
+REMOVED = {
+    "sbatch": "qexp sbatch was removed (its script could not run without the job files the launcher writes); "
+              "submit a sweep with: qexp train -m hydra/launcher=slurm ... (README: Sweeps on a cluster), "
+              "or adapt scripts/sbatch_example.sh for one plain sbatch job",
+}
+
 SUBCOMMANDS = {
     "train": "train one run, or a sweep with -m (Hydra overrides: group=option key=value)",
     "tables": "regenerate each paper's tables beside the paper's numbers: qexp tables [--paper KEY] [--runs DIR]",
     "reproduce": "run the CPU-sized reproduction sweeps and regenerate results/: qexp reproduce --mini",
     "bench": "step-time ratios (quantized vs FP32, qexp vs Brevitas) and packed size vs the bit limit",
-    "sbatch": "print the sbatch script a SLURM sweep job would get: qexp sbatch [overrides]",
     "export": "write the packed (bit-exact, k-bit) model of a finished run: qexp export RUN_DIR",
 }
 
@@ -99,12 +105,6 @@ def cmd_train(argv: list[str]) -> None:
     _hydra_train(agree_on_output_dir(argv, multirun))  # torchrun/srun: one run dir for all ranks
 
 
-def cmd_sbatch(argv: list[str]) -> None:
-    from qexp.launch import sbatch_script
-
-    print(sbatch_script([a for a in argv if not a.startswith("-")]))
-
-
 def cmd_tables(argv: list[str]) -> None:
     import argparse
 
@@ -149,8 +149,10 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage())
         return
     cmd, rest = argv[0], argv[1:]
-    handlers = {"train": cmd_train, "export": cmd_export, "sbatch": cmd_sbatch, "tables": cmd_tables,
+    handlers = {"train": cmd_train, "export": cmd_export, "tables": cmd_tables,
                 "reproduce": cmd_reproduce, "bench": cmd_bench}
+    if cmd in REMOVED:
+        fail(REMOVED[cmd])
     if cmd not in handlers:
         fail(f"unknown command '{cmd}'; allowed: {', '.join(SUBCOMMANDS)} (see qexp --help)")
     try:
