@@ -171,3 +171,21 @@ def test_a_partition_that_does_not_exist_is_one_line(tmp_path, slurm_env):
     (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
     assert line.startswith("error: sbatch refused the jobs:") and "partition" in line.lower()
     assert "Traceback" not in done.stderr
+
+
+def test_the_plain_sbatch_example_submits_and_completes(tmp_path, slurm_env):
+    """scripts/sbatch_example.sh, the README's plain-sbatch path (qexp sbatch is gone): sbatch
+    accepts it with the resources overridden, and the run completes in runs/slurm/<name>-<id>."""
+    env = {**slurm_env, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
+    submitted = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=1G",
+                                "--time=10", str(ROOT / "scripts" / "sbatch_example.sh"), *TINY],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    record = tmp_path / "runs" / "slurm" / f"qexp-{job}" / "record.json"
+    deadline = time.time() + TIMEOUT
+    while not record.exists() and time.time() < deadline:
+        time.sleep(0.5)
+    log = tmp_path / f"slurm-qexp-{job}.out"
+    assert record.exists(), log.read_text()[-2000:] if log.exists() else "no output file"
+    assert json.loads(record.read_text())["status"] == "completed"

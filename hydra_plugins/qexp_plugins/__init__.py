@@ -12,6 +12,7 @@ lines on stderr and a non-zero exit (a raised error would come with Hydra's trac
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from pathlib import Path
@@ -91,6 +92,24 @@ def check_time_limit(timeout_min: Any, signal_delay_s: Any) -> None:
         ], 2)
 
 
+class _SacctOnce(logging.Filter):
+    """Without Slurm accounting every status poll repeats the same sacct warning (three lines each
+    time); say it once.  submitit still sees each job end through its result file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in str(record.msg):
+            return True
+        if self.said:
+            return False
+        self.said = True
+        record.msg, record.args = "sacct is unavailable (no Slurm accounting): following jobs by their result files", ()
+        return True
+
+
 class SlurmLauncher(_SubmititSlurmLauncher):
     """hydra-submitit's SLURM launcher, checked before it submits and with one-line errors."""
 
@@ -99,12 +118,21 @@ class SlurmLauncher(_SubmititSlurmLauncher):
         check_time_limit(self.params.get("timeout_min"), self.params.get("signal_delay_s"))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from submitit.core.utils import FailedJobError
+        from submitit.core.utils import UncompletedJobError
 
+        quiet = _SacctOnce()
+        logging.getLogger("submitit").addFilter(quiet)
         try:
             return super().launch(job_overrides, initial_job_idx)
-        except FailedJobError as exc:  # sbatch refused the array: bad partition, resources, ...
-            lines = [ln.removeprefix("sbatch: error: ") for ln in str(exc).splitlines() if ln.strip()]
-            _exit([f"sbatch refused the jobs: {'; '.join(lines) or exc}"], 2)
+        except UncompletedJobError as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            if any(ln.startswith("sbatch: error:") for ln in lines):  # bad partition, resources, ...
+                refusal = [ln.removeprefix("sbatch: error: ") for ln in lines if ln.startswith("sbatch: error:")]
+                _exit([f"sbatch refused the jobs: {'; '.join(refusal)}"], 2)
+            # a job that ended without a result (killed, out of memory, node failure)
+            _exit([f"a job ended without a result ({lines[0] if lines else type(exc).__name__}); its log is "
+                   f"under {self.params['submitit_folder'].replace('%j', '<job id>')}"], 1)
         except FileNotFoundError as exc:
             _exit([f"hydra/launcher=slurm needs Slurm's sbatch on this machine ({exc})"], 2)
+        finally:
+            logging.getLogger("submitit").removeFilter(quiet)
