@@ -84,7 +84,7 @@ def check_time_limit(timeout_min: Any, signal_delay_s: Any) -> None:
     job at every start, forever."""
     delay = int(signal_delay_s or 0)
     smallest = math.ceil((delay + SIGNAL_EARLY_S + MIN_WORK_S) / 60)
-    if timeout_min is None or int(timeout_min) < smallest:
+    if timeout_min is not None and int(timeout_min) < smallest:  # None: the partition's limit
         _exit([
             f"hydra.launcher.timeout_min={timeout_min} is too short for signal_delay_s={delay}: Slurm may "
             f"send the time-limit signal up to {SIGNAL_EARLY_S} s early, so the job would be requeued before it "
