@@ -17,6 +17,7 @@
 #SBATCH --requeue
 #SBATCH --signal=B:TERM@120
 #SBATCH --output=slurm-%x-%j.out
+#SBATCH --open-mode=append
 
 set -uo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"

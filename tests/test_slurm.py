@@ -173,19 +173,28 @@ def test_a_partition_that_does_not_exist_is_one_line(tmp_path, slurm_env):
     assert "Traceback" not in done.stderr
 
 
-def test_the_plain_sbatch_example_submits_and_completes(tmp_path, slurm_env):
+def test_the_plain_sbatch_example_submits_requeues_itself_and_completes(tmp_path, slurm_env):
     """scripts/sbatch_example.sh, the README's plain-sbatch path (qexp sbatch is gone): sbatch
-    accepts it with the resources overridden, and the run completes in runs/slurm/<name>-<id>."""
+    accepts it with the resources overridden; SIGTERM to the batch shell (what --signal=B:TERM
+    sends before the time limit) checkpoints, the script requeues the job, and it resumes."""
     env = {**slurm_env, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
     submitted = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=1G",
-                                "--time=10", str(ROOT / "scripts" / "sbatch_example.sh"), *TINY],
+                                "--time=10", str(ROOT / "scripts" / "sbatch_example.sh"), "trainer.epochs=15",
+                                "trainer.progress=false"],
                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip().split(";")[0]
-    record = tmp_path / "runs" / "slurm" / f"qexp-{job}" / "record.json"
-    deadline = time.time() + TIMEOUT
-    while not record.exists() and time.time() < deadline:
-        time.sleep(0.5)
+    run = tmp_path / "runs" / "slurm" / f"qexp-{job}"
     log = tmp_path / f"slurm-qexp-{job}.out"
-    assert record.exists(), log.read_text()[-2000:] if log.exists() else "no output file"
-    assert json.loads(record.read_text())["status"] == "completed"
+    deadline = time.time() + TIMEOUT
+    while not (run / "checkpoints" / "last.pt").exists():
+        assert time.time() < deadline, log.read_text()[-2000:] if log.exists() else "no output file"
+        time.sleep(0.05)
+    subprocess.run(["scancel", "--signal=TERM", "--batch", job], env=slurm_env, check=True, timeout=30)
+    while not (run / "record.json").exists():
+        assert time.time() < deadline, log.read_text()[-2000:] if log.exists() else "no output file"
+        time.sleep(0.5)
+    text = log.read_text()
+    assert f"requeueing job {job}" in text and "resumed from" in text, text[-2000:]
+    record = json.loads((run / "record.json").read_text())
+    assert record["status"] == "completed" and [h["epoch"] for h in record["history"]] == list(range(1, 16))
