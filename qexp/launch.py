@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+
+
 def slurm_dist_env() -> None:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT from SLURM when a job runs several
     tasks (srun or submitit with tasks_per_node > 1) and torchrun has not set them."""

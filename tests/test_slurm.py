@@ -144,7 +144,7 @@ def test_usr2_checkpoints_requeues_and_resumes_to_the_uninterrupted_result(tmp_p
             except (OSError, ValueError):
                 pass
             time.sleep(0.05)
-        out, err = proc.communicate(timeout=max(1, deadline - time.time()))
+        _, err = proc.communicate(timeout=max(1, deadline - time.time()))
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -51,7 +52,7 @@ def _varying(batch: Sequence[Sequence[str]]) -> list[set[str]]:
 class Sweeper(BasicSweeper):
     """The basic sweeper that runs every job and reports all failed ones at the end."""
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         params_conf = self._parse_config()
         params_conf.extend(arguments)
@@ -85,11 +86,9 @@ def check_time_limit(timeout_min: Any, signal_delay_s: Any) -> None:
     delay = int(signal_delay_s or 0)
     smallest = math.ceil((delay + SIGNAL_EARLY_S + MIN_WORK_S) / 60)
     if timeout_min is not None and int(timeout_min) < smallest:  # None: the partition's limit
-        _exit([
-            f"hydra.launcher.timeout_min={timeout_min} is too short for signal_delay_s={delay}: Slurm may "
-            f"send the time-limit signal up to {SIGNAL_EARLY_S} s early, so the job would be requeued before it "
-            f"trains; use timeout_min>={smallest} (or a smaller hydra.launcher.signal_delay_s)"
-        ], 2)
+        _exit([(f"hydra.launcher.timeout_min={timeout_min} is too short for signal_delay_s={delay}: Slurm may "
+                f"send the time-limit signal up to {SIGNAL_EARLY_S} s early, so the job would be requeued before it "
+                f"trains; use timeout_min>={smallest} (or a smaller hydra.launcher.signal_delay_s)")], 2)
 
 
 class _SacctOnce(logging.Filter):
@@ -130,8 +129,9 @@ class SlurmLauncher(_SubmititSlurmLauncher):
                 refusal = [ln.removeprefix("sbatch: error: ") for ln in lines if ln.startswith("sbatch: error:")]
                 _exit([f"sbatch refused the jobs: {'; '.join(refusal)}"], 2)
             # a job that ended without a result (killed, out of memory, node failure)
-            _exit([f"a job ended without a result ({lines[0] if lines else type(exc).__name__}); its log is "
-                   f"under {self.params['submitit_folder'].replace('%j', '<job id>')}"], 1)
+            folder = str(self.params["submitit_folder"]).replace("%j", "<job id>")
+            _exit([f"a job ended without a result ({lines[0] if lines else type(exc).__name__}); its log is under {folder}"],
+                  1)
         except FileNotFoundError as exc:
             _exit([f"hydra/launcher=slurm needs Slurm's sbatch on this machine ({exc})"], 2)
         finally:
