@@ -87,7 +87,7 @@ def test_a_time_limit_too_short_for_the_signal_is_one_line_at_launch(tmp_path, c
     assert done.returncode == 2, done.stderr
     (line,) = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert line.startswith("error: hydra.launcher.timeout_min=") and f"use timeout_min>={smallest} " in line
-    assert not sweep.exists()  # checked before anything is written or submitted
+    assert not sweep.exists() or not any(sweep.iterdir())  # checked before any job is written or submitted
 
 
 def test_qexp_sbatch_points_to_the_launcher(cli):
