@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 ARGS    ?=
 
-.PHONY: setup demo test test-slow bench tables reproduce-mini clean
+.PHONY: setup demo test test-slow test-slurm bench tables reproduce-mini clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,14 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+# tests/test_slurm.py on a single-node Slurm that its fixture starts and stops (scripts/slurm_local.sh);
+# installs slurm-wlm and munge through apt when missing (as root). Not starting is a failure here.
+test-slurm: setup
+	@t0=$$(date +%s); rc=0; \
+	scripts/slurm_local.sh install && \
+	QEXP_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py $(ARGS) || rc=$$?; \
+	echo "make test-slurm: $$(( $$(date +%s) - t0 )) s"; exit $$rc
 
 bench: setup
 	$(BIN)/pip install -q -e '.[dev,bench]'

@@ -9,12 +9,18 @@ from pathlib import Path
 
 from qexp.errors import QexpError
 
+# removed commands -> what to use instead
+REMOVED = {
+    "sbatch": "qexp sbatch was removed (its script could not run without the job files the launcher writes); "
+              "submit a sweep with: qexp train -m hydra/launcher=slurm ... (README: Sweeps on a cluster), "
+              "or adapt scripts/sbatch_example.sh for one plain sbatch job",
+}
+
 SUBCOMMANDS = {
     "train": "train one run, or a sweep with -m (Hydra overrides: group=option key=value)",
     "tables": "regenerate each paper's tables beside the paper's numbers: qexp tables [--paper KEY] [--runs DIR]",
     "reproduce": "run the CPU-sized reproduction sweeps and regenerate results/: qexp reproduce --mini",
     "bench": "step-time ratios (quantized vs FP32, qexp vs Brevitas) and packed size vs the bit limit",
-    "sbatch": "print the sbatch script a SLURM sweep job would get: qexp sbatch [overrides]",
     "export": "write the packed (bit-exact, k-bit) model of a finished run: qexp export RUN_DIR",
 }
 
@@ -63,16 +69,25 @@ def _hydra_train(argv: list[str]) -> None:
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
         from qexp.engine.trainer import Preempted
+        from qexp.errors import JobFailed
         from qexp.run import train
 
         try:
             train(cfg, HydraConfig.get().runtime.output_dir)
-        except QexpError as exc:
-            fail(str(exc), exc.exit_code)
-        except Preempted as exc:
-            fail(f"preempted: {exc}; run the same command again to resume", 75)
+        except (QexpError, Preempted) as exc:
+            if isinstance(exc, QexpError):
+                message, code = str(exc), exc.exit_code
+            else:
+                message, code = f"preempted: {exc}; run the same command again to resume", 75
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                fail(message, code)
+            # a sweep job: an Exception (never SystemExit) lets every launcher record the failed
+            # job and go on; qexp's sweeper prints each failed job's line at the end
+            logging.getLogger("qexp").error("error: %s", message)
+            raise JobFailed(message, code) from None
 
     sys.argv = ["qexp train", *argv]
     _main()
@@ -90,12 +105,6 @@ def cmd_train(argv: list[str]) -> None:
 
     argv = agree_on_output_dir(argv, multirun)  # torchrun/srun: one run dir for all ranks
     _hydra_train(settle_output_dir(argv, multirun))  # a folder that cannot be written: one line
-
-
-def cmd_sbatch(argv: list[str]) -> None:
-    from qexp.launch import sbatch_script
-
-    print(sbatch_script([a for a in argv if not a.startswith("-")]))
 
 
 def cmd_tables(argv: list[str]) -> None:
@@ -142,8 +151,10 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage())
         return
     cmd, rest = argv[0], argv[1:]
-    handlers = {"train": cmd_train, "export": cmd_export, "sbatch": cmd_sbatch, "tables": cmd_tables,
+    handlers = {"train": cmd_train, "export": cmd_export, "tables": cmd_tables,
                 "reproduce": cmd_reproduce, "bench": cmd_bench}
+    if cmd in REMOVED:
+        fail(REMOVED[cmd])
     if cmd not in handlers:
         fail(f"unknown command '{cmd}'; allowed: {', '.join(SUBCOMMANDS)} (see qexp --help)")
     try:

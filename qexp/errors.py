@@ -17,3 +17,17 @@ class NumericalError(QexpError):
     """NaN/Inf in the loss or the weights."""
 
     exit_code = 3
+
+
+class JobFailed(Exception):
+    """One job of a sweep failed with a one-line error.
+
+    Raised instead of exiting inside a Hydra job, so that every launcher (basic, joblib, submitit)
+    records the job as failed and goes on; the sweeper reports all failed jobs at the end.
+    """
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(" ".join(str(message).split()), exit_code)
+
+    def __str__(self) -> str:
+        return self.args[0]

@@ -25,7 +25,7 @@ from qexp import __version__
 from qexp.config import fingerprint, fingerprint_diff, fingerprint_keys, validate
 from qexp.data.bundle import DataBundle
 from qexp.engine.init import initialise
-from qexp.engine.trainer import Dist, Preempted, Trainer, seed_everything
+from qexp.engine.trainer import Dist, Preempted, Requeued, Trainer, seed_everything
 from qexp.errors import QexpError
 from qexp.launch import slurm_dist_env
 from qexp.lock import RunLock
@@ -282,7 +282,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, dist: Dist, t0: float) -> dict
         seed_everything(cfg.seed, cfg.trainer.deterministic)
         bundle, model, handle = build(cfg)
         if dist.is_main:
-            write_status(run_dir, "running", epoch=0, step=0)
+            write_status(run_dir, "running")  # the trainer adds epoch and step (a resumed run's, too)
         warnings = [w for w in (bits_warning(cfg, handle), epochs_warning(cfg, handle)) if w]
         for w in warnings:
             log.warning(w)
@@ -342,6 +342,11 @@ def _train_locked(cfg: DictConfig, run_dir: Path, dist: Dist, t0: float) -> dict
     except KeyboardInterrupt:
         if dist.is_main:
             write_final_status(run_dir, "interrupted", error="interrupted (Ctrl-C); run the same command to resume")
+        raise
+    except Requeued:
+        if dist.is_main:
+            write_final_status(run_dir, "preempted", requeued=True,
+                         error="checkpoint saved; the launcher requeued the job, which resumes when it starts again")
         raise
     except BaseException as exc:
         if dist.is_main:

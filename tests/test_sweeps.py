@@ -1,4 +1,6 @@
-"""Sweeps through Hydra launchers, skip_completed, preemption (SIGTERM), and the sbatch script."""
+"""Sweeps through Hydra launchers, skip_completed, failed jobs, preemption (SIGTERM), launcher checks.
+
+The same against a real Slurm: tests/test_slurm.py (make test-slurm)."""
 
 import json
 import signal
@@ -6,7 +8,8 @@ import subprocess
 import sys
 import time
 
-from qexp.launch import sbatch_script
+import pytest
+
 from tests.conftest import ROOT
 
 SWEEP = ["quant=fp32,uniform", "bits=4", "trainer.epochs=1", "trainer.progress=false"]
@@ -54,12 +57,42 @@ def test_sigterm_checkpoints_and_resumes(tmp_path):
     assert record["status"] == "completed" and len(record["history"]) == 30
 
 
-def test_sbatch_script_has_configured_resources():
-    text = sbatch_script(["hydra.launcher.partition=gpu-long", "hydra.launcher.gpus_per_node=4",
-                          "hydra.launcher.timeout_min=720", "hydra.launcher.tasks_per_node=4"], num_jobs=6)
-    assert "#SBATCH --partition=gpu-long" in text
-    assert "#SBATCH --gpus-per-node=4" in text
-    assert "#SBATCH --time=720" in text
-    assert "#SBATCH --ntasks-per-node=4" in text
-    assert "#SBATCH --array=0-5%" in text
-    assert "--signal=USR2@" in text  # the time-limit warning that triggers checkpoint + requeue
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+                         ids=["basic", "joblib"])
+def test_a_failed_job_does_not_stop_the_sweep(tmp_path, cli, launcher):
+    """Before: the basic launcher stopped at job 0 (a SystemExit inside the job) and job 1 never
+    ran; joblib's error did not say which job failed."""
+    sweep = tmp_path / "sweep"
+    done = cli("train", "-m", *launcher, "trainer.lr=1e30,0.002", "trainer.epochs=1", "trainer.progress=false",
+               f"hydra.sweep.dir={sweep}", timeout=300)
+    assert done.returncode == 1, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert lines[0] == "error: 1 of 2 jobs failed (details in each job's status.json)"
+    assert lines[1].startswith("error: job 0 (trainer.lr=1e+30): loss became nan by step")
+    assert len(lines) == 2 and "Traceback" not in done.stderr
+    (record,) = _records(sweep)
+    assert json.loads(record.read_text())["config"]["trainer"]["lr"] == 0.002
+    (status,) = sweep.glob("0_*/status.json")
+    assert json.loads(status.read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("limits, smallest", [(["hydra.launcher.timeout_min=0"], 4),
+                                               (["hydra.launcher.timeout_min=3"], 4),
+                                               (["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30"], 3)])
+def test_a_time_limit_too_short_for_the_signal_is_one_line_at_launch(tmp_path, cli, limits, smallest):
+    """Before: timeout_min <= 3 (signal_delay_s=120) was submitted and requeued at every start,
+    forever.  (signal_delay_s + up to 60 s early + 60 s of training) / 60, rounded up."""
+    sweep = tmp_path / "sweep"
+    done = cli("train", "-m", "hydra/launcher=slurm", *limits, f"hydra.sweep.dir={sweep}", timeout=120)
+    assert done.returncode == 2, done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert line.startswith("error: hydra.launcher.timeout_min=") and f"use timeout_min>={smallest} " in line
+    assert not sweep.exists() or not any(sweep.iterdir())  # checked before any job is written or submitted
+
+
+def test_qexp_sbatch_points_to_the_launcher(cli):
+    """Before: it printed a script sbatch could not run (a literal SWEEP_DIR, bare python, ...)."""
+    done = cli("sbatch", "quant=fp32,uniform")
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert "hydra/launcher=slurm" in line and "scripts/sbatch_example.sh" in line

@@ -44,6 +44,11 @@ class Preempted(Exception):
     """SIGTERM/SIGUSR1 arrived: a checkpoint was written; the job can be requeued and resumed."""
 
 
+class Requeued(SystemExit):
+    """A stop signal arrived under submitit, whose handler requeued the job and exits the process
+    (a SystemExit, so that no result is written): the job starts again and resumes."""
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -292,6 +297,7 @@ class Trainer:
                                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
                                 f"use trainer.resume=never to start over in a fresh sub-folder") from None
             log.info("resumed from %s at epoch %d step %d", resumed["_path"], state["epoch"], state["step_in_epoch"])
+            self._status(epoch=state["epoch"], step=state["global_step"], stage=state["stage"], resumed=True)
 
         def checkpoint_state() -> dict[str, Any]:
             return {
@@ -377,8 +383,11 @@ class Trainer:
                         save()
                         self._status(epoch=gi + 1, step=gs, stage=stage_idx, preempted=self._stop_signal)
                         previous = old_handlers.get(self._stop_signal)
-                        if callable(previous):  # e.g. submitit's handler: requeue the job
-                            previous(self._stop_signal, None)
+                        if callable(previous):  # e.g. submitit's handler: requeue the job, then exit
+                            try:
+                                previous(self._stop_signal, None)
+                            except SystemExit as exc:
+                                raise Requeued(exc.code) from None
                         raise Preempted(f"received signal {self._stop_signal or '(on another rank)'} at step {gs}; "
                                         f"checkpoint saved")
                 bar.close()
