@@ -92,13 +92,13 @@ def test_real_tier_section_with_verdicts_and_kept_mini_rows(tmp_path):
     assert "| FP32 (30 epochs) |  | 95.66 | 0.57 | 3 |" in md  # kept, not turned into "missing"
     assert "rows kept from the previous dong2017.json" in md
     real_part = md.split("## Real data: Fashion-MNIST")[1]
-    sq_vs_long = next(ln for ln in real_part.splitlines() if ln.startswith("| SQ-TWN") and "equal training" in ln)
+    sq_vs_long = next(ln for ln in real_part.splitlines() if ln.startswith("| SQ-TWN vs TWN trained as long"))
     assert "| 3 | +3.00 ± 1.00 | [+0.52, +5.48] | **reproduced** |" in sq_vs_long
-    sq_vs_short = next(ln for ln in real_part.splitlines() if ln.startswith("| SQ-TWN") and "one stage" in ln)
+    sq_vs_short = next(ln for ln in real_part.splitlines() if ln.startswith("| SQ-TWN vs TWN as long as one stage"))
     assert "| 3 | +0.00 ± 1.00 | [-2.48, +2.48] | **inconclusive** |" in sq_vs_short
     assert "**missing** (no runs)" in real_part  # e.g. BWN rows: no runs in this synthetic folder
     rows = list(csv.DictReader(io.StringIO((out / "dong2017.csv").read_text())))
-    v = next(r for r in rows if r["table"] == "verdicts" and "equal training" in r["row"] and "SQ-TWN" in r["row"])
+    v = next(r for r in rows if r["table"] == "verdicts" and r["row"].startswith("SQ-TWN vs TWN trained as long"))
     assert v["tier"] == "real" and v["verdict"] == "reproduced" and float(v["ci_low"]) == pytest.approx(0.51586, abs=1e-4)
     assert "verdicts (Real data: Fashion-MNIST)" in (out / "dong2017.tex").read_text()
     summary = json.loads((out / "dong2017.json").read_text())
@@ -123,3 +123,56 @@ def test_difference_of_gaps_for_width_claims(tmp_path):
     # per-seed differences of gaps: 4, 4.5, 6, 4.5, 5 -> mean 4.8
     assert direct["n"] == 5 and direct["mean"] == pytest.approx(4.8) and direct["verdict"] == "reproduced"
     assert direct["diffs"] == pytest.approx([4.0, 4.5, 6.0, 4.5, 5.0])
+
+
+def test_mini_comparison_lower_is_better(tmp_path):
+    """chen2021's speech claim on CER (lower is better): direction less, fixed vs FP32 over 3 seeds."""
+    mini = tmp_path / "mini"
+    for s, (fp, fx) in enumerate([(0.052, 0.050), (0.051, 0.048), (0.053, 0.049)]):  # fixed lower by 0.2, 0.3, 0.4
+        for name, cer in (("fp32", fp), ("fixed", fx)):
+            write_record(mini / f"{name}{s}", {
+                "status": "completed", "metric": "cer", "higher_is_better": False, "final": {"cer": cer},
+                "best": {"cer": cer}, "memory": {"fp32_bytes": 1, "packed_bytes": 1, "reduction": 1.0},
+                "quant": {"name": name, "bits": 5}, "seed": s, "config": {"seed": s},
+                "choices": {"experiment": f"chen2021_asr_{name}", "quant": name}})
+    make_tables("chen2021", {"mini": mini}, tmp_path / "out", formats=("md",), plot=False)
+    comps = json.loads((tmp_path / "out" / "chen2021.json").read_text())["_comparisons"]
+    speech = next(c for c in comps if c["metric"] == "cer")
+    assert speech["diffs"] == pytest.approx([-0.2, -0.3, -0.4]) and speech["verdict"] == "reproduced"
+    md = (tmp_path / "out" / "chen2021.md").read_text()
+    assert "| A < B | 3 | -0.30 ± 0.10 | [-0.55, -0.05] | **reproduced** |" in md
+
+
+def test_reproduce_dry_run_prints_the_real_plan(cli):
+    done = cli("reproduce", "--tier", "real", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for key in ("dong2017", "sung2015", "zhao2019", "chen2021"):
+        assert f"[{key}]" in out and f"runs/real/{key}/" in out
+    assert "30 jobs -> runs/real/sung2015/ffdnn_float" in out  # 6 widths x 5 seeds
+    assert "[avila2022]" not in out  # no real tier for the speech paper
+    mini = cli("reproduce", "--mini", "--dry-run", "--paper", "dong2017", "--runs", "elsewhere")
+    assert mini.returncode == 0 and "-> elsewhere/dong2017/baselines" in mini.stdout
+
+
+def _siblings_merged() -> bool:
+    import inspect
+
+    from qexp.config import TrainerConfig
+    from qexp.quant.sq import StochasticQuantizer
+
+    return "init_from" in TrainerConfig.__dataclass_fields__ and \
+        "selection" in inspect.signature(StochasticQuantizer).parameters
+
+
+@pytest.mark.skipif(not _siblings_merged(), reason="the real sweeps use trainer.epochs=0 (#15) and "
+                    "quant.selection (#14): checked once those branches are merged")
+@pytest.mark.parametrize("key", ["dong2017", "sung2015", "zhao2019", "chen2021"])
+def test_every_real_sweep_composes(key):
+    from qexp.config import check_overrides, expand_sweep
+    from qexp.report.tables import load_paper
+
+    for sweep in load_paper(key)["real"]:
+        jobs = expand_sweep(list(map(str, sweep["overrides"])))
+        for job in (jobs[0], jobs[-1]):
+            check_overrides(job)

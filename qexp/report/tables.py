@@ -236,7 +236,8 @@ def render_comparisons(comparisons: list[dict[str, Any]]) -> list[str]:
     for c in comparisons:
         spread = f"{c['mean']:+.2f} ± {c['std']:.2f}" if c["std"] is not None else _fmt(c["mean"])
         interval = f"[{c['low']:+.2f}, {c['high']:+.2f}]" if c["low"] is not None else "— (n < 2)"
-        out.append(f"| {c['caption']} | {_direction_text(c)} | {c['n']} | {spread} | {interval} | **{c['verdict']}** |")
+        verdict = f"**{c['verdict']}**" if c["n"] else "**missing** (no runs)"
+        out.append(f"| {c['caption']} | {_direction_text(c)} | {c['n']} | {spread} | {interval} | {verdict} |")
     return out
 
 
@@ -296,7 +297,7 @@ def render_csv(tables: list[tuple[dict[str, Any], list[dict[str, Any]]]], compar
                         r["diff"], r["reduction"], r["paper_reduction"], tier_of(table)])
     for c in comparisons:  # ours/std = mean/std of the paired differences A − B (points)
         w.writerow(["verdicts", c["caption"], c["metric"], "", c["mean"], c["std"], c["n"], "", "", "", "",
-                    c["tier"], c["low"], c["high"], c["verdict"]])
+                    c["tier"], c["low"], c["high"], c["verdict"] if c["n"] else "missing"])
     return buf.getvalue()
 
 
@@ -420,20 +421,20 @@ def make_tables(key: str, runs: str | Path | dict[str, str | Path], out_dir: str
         rs = runset(tier_of(table))
         if rs is None and table["name"] in previous:
             rows = previous[table["name"]]
-            where = kept_sources.get(table["name"]) or "their runs"
-            table["_source"] = f"rows kept from the previous {key}.json: {where} is not on this machine"
+            where = kept_sources.get(table["name"]) or f"runs/{tier_of(table)}/{key}"
+            table["_source"] = f"rows kept from the previous {key}.json ({where} is not on this machine)"
         else:
             build = build_width_rows if table.get("kind") == "width_gap" else build_rows
             rows = build(table, metric, rs.completed if rs else [], table["_scale"])
             table["_source"] = str(folders.get(tier_of(table))) if tier_of(table) != "mini" else ""
         sources[table["name"]] = str(folders.get(tier_of(table)) or "")
         tables.append((table, rows))
-    kept_comparisons = {c["caption"]: c for c in previous.get("_comparisons", [])}
+    kept_comparisons = {(c["tier"], c["caption"]): c for c in previous.get("_comparisons", [])}
     comparisons = []
     for comp in paper.get("comparisons", []):
         rs = runset(tier_of(comp))
-        if rs is None and comp.get("caption") in kept_comparisons:
-            comparisons.append(kept_comparisons[comp["caption"]])
+        if rs is None and (tier_of(comp), comp.get("caption")) in kept_comparisons:
+            comparisons.append(kept_comparisons[(tier_of(comp), comp["caption"])])
         else:
             comparisons.append(build_comparison(key, comp, paper.get("metric", "accuracy"), rs.completed if rs else []))
     others = [o for rs in loaded.values() for o in rs.other]
