@@ -90,7 +90,7 @@ def test_real_tier_section_with_verdicts_and_kept_mini_rows(tmp_path):
     make_tables("dong2017", {"mini": tmp_path / "runs/mini/dong2017", "real": real}, out, formats=("md", "csv", "latex"))
     md = (out / "dong2017.md").read_text()
     assert "| FP32 (30 epochs) |  | 95.66 | 0.57 | 3 |" in md  # kept, not turned into "missing"
-    assert "rows kept from the previous dong2017.json" in md
+    assert "carried over from the previous dong2017.json" in md
     real_part = md.split("## Real data: Fashion-MNIST")[1]
     sq_vs_long = next(ln for ln in real_part.splitlines() if ln.startswith("| SQ-TWN vs TWN trained as long"))
     assert "| 3 | +3.00 ± 1.00 | [+0.52, +5.48] | **reproduced** |" in sq_vs_long
@@ -176,3 +176,44 @@ def test_every_real_sweep_composes(key):
         jobs = expand_sweep(list(map(str, sweep["overrides"])))
         for job in (jobs[0], jobs[-1]):
             check_overrides(job)
+
+
+def test_reproduce_real_resumes_and_regenerates_the_same_tables(tmp_path, cli):
+    """A real tier (tiny: fake Fashion-MNIST files, an MLP, 2 seeds) run twice: the second run
+    skips every job and writes the same tables."""
+    import shutil
+
+    import yaml
+
+    from qexp.config import config_dir
+    from test_fashion_mnist import write_fake
+
+    data = tmp_path / "data"
+    write_fake(data, n_train=60, n_test=20)
+    configs = tmp_path / "configs"
+    shutil.copytree(config_dir(), configs)
+    paper = yaml.safe_load((configs / "paper" / "chen2021.yaml").read_text())
+    paper["real"] = [{"name": "tiny", "overrides": ["dataset=fashion_mnist", f"dataset.root={data}", "model=mlp",
+                                                    "quant=fp32,fixed", "bits=5", "trainer.epochs=1", "seed=0,1"]}]
+    paper["tables"].append({"name": "real_tiny", "tier": "real", "caption": "tiny", "rows": [
+        {"label": "FP32", "quant": "fp32", "match": {"choices.dataset": "fashion_mnist", "choices.quant": "fp32"}},
+        {"label": "fixed", "quant": "fixed", "match": {"choices.dataset": "fashion_mnist", "choices.quant": "fixed"}}]})
+    paper["comparisons"] = [{"caption": "tiny: fixed vs FP32", "tier": "real", "direction": "greater",
+                             "a": {"choices.dataset": "fashion_mnist", "choices.quant": "fixed"},
+                             "b": {"choices.dataset": "fashion_mnist", "choices.quant": "fp32"}}]
+    (configs / "paper" / "chen2021.yaml").write_text(yaml.safe_dump(paper, sort_keys=False))
+    env = {"QEXP_CONFIG_DIR": str(configs)}
+    args = ("reproduce", "--tier", "real", "--paper", "chen2021", "--runs", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "results"))
+    first = cli(*args, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    records = sorted((tmp_path / "runs" / "chen2021" / "tiny").rglob("record.json"))
+    assert len(records) == 4
+    stamps = [p.stat().st_mtime_ns for p in records]
+    tables = {ext: (tmp_path / "results" / f"chen2021.{ext}").read_text() for ext in ("md", "csv", "tex")}
+    assert "## Real data: Fashion-MNIST" in tables["md"] and "| tiny: fixed vs FP32 | A > B | 2 |" in tables["md"]
+    second = cli(*args, cwd=tmp_path, env=env)
+    assert second.returncode == 0, second.stderr
+    assert [p.stat().st_mtime_ns for p in records] == stamps  # nothing re-ran
+    assert "already completed" in second.stderr + second.stdout
+    assert {ext: (tmp_path / "results" / f"chen2021.{ext}").read_text() for ext in ("md", "csv", "tex")} == tables

@@ -381,6 +381,11 @@ def build_comparison(key: str, comp: dict[str, Any], metric: str, records: list[
             "margin": float(comp.get("margin", 0.0)), **result.as_dict()}
 
 
+def build_rows_for(table: dict[str, Any], metric: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    build = build_width_rows if table.get("kind") == "width_gap" else build_rows
+    return build(table, metric, records, table["_scale"])
+
+
 def _previous(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -419,15 +424,15 @@ def make_tables(key: str, runs: str | Path | dict[str, str | Path], out_dir: str
         metric = table.get("metric", paper.get("metric", "accuracy"))
         table["_scale"] = _scale(table, metric)
         rs = runset(tier_of(table))
-        if rs is None and table["name"] in previous:
-            rows = previous[table["name"]]
-            where = kept_sources.get(table["name"]) or f"runs/{tier_of(table)}/{key}"
-            table["_source"] = f"rows kept from the previous {key}.json ({where} is not on this machine)"
+        if rs is None:  # the tier's runs are not here: carry the previous rows over (missing if none)
+            rows = previous.get(table["name"]) or build_rows_for(table, metric, [])
+            where = kept_sources.get(table["name"]) or str(folders.get(tier_of(table)) or f"runs/{tier_of(table)}/{key}")
+            table["_source"] = f"{where} is not on this machine, so these rows are carried over from the previous {key}.json"
+            sources[table["name"]] = where
         else:
-            build = build_width_rows if table.get("kind") == "width_gap" else build_rows
-            rows = build(table, metric, rs.completed if rs else [], table["_scale"])
+            rows = build_rows_for(table, metric, rs.completed)
             table["_source"] = str(folders.get(tier_of(table))) if tier_of(table) != "mini" else ""
-        sources[table["name"]] = str(folders.get(tier_of(table)) or "")
+            sources[table["name"]] = str(folders.get(tier_of(table)) or "")
         tables.append((table, rows))
     kept_comparisons = {(c["tier"], c["caption"]): c for c in previous.get("_comparisons", [])}
     comparisons = []
