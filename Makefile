@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 ARGS    ?=
 
-.PHONY: setup demo test test-slow test-slurm bench tables reproduce-mini clean
+.PHONY: setup demo test test-slow test-slurm bench tables reproduce-mini reproduce-real data clean
 
 setup: $(STAMP)
 
@@ -44,7 +44,22 @@ tables: setup
 	$(BIN)/qexp tables $(ARGS)
 
 reproduce-mini: setup
-	$(BIN)/qexp reproduce --mini $(ARGS)
+	$(BIN)/qexp reproduce --tier mini $(ARGS)
+
+# The real tier: Fashion-MNIST (`make data` first); about 2 h on 2 CPU cores, resumable.
+reproduce-real: setup
+	$(BIN)/qexp reproduce --tier real $(ARGS)
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist (the real tier's data, ~30 MB): apt-get as
+# root, else through sudo; `apt-get update` only when the first install fails.
+DATA_PKG := dataset-fashion-mnist
+data:
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	else echo "make data: neither root nor sudo; ask an administrator to run: apt-get install -y $(DATA_PKG)" >&2; exit 1; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make data: no apt-get here; put the four Fashion-MNIST idx .gz files in a folder and pass dataset.root=DIR" >&2; exit 1; fi; \
+	$$SUDO apt-get install -y $(DATA_PKG) || { $$SUDO apt-get update && $$SUDO apt-get install -y $(DATA_PKG); } || \
+	{ echo "make data: apt-get could not install $(DATA_PKG) (see above)" >&2; exit 1; }
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

@@ -19,7 +19,7 @@ REMOVED = {
 SUBCOMMANDS = {
     "train": "train one run, or a sweep with -m (Hydra overrides: group=option key=value)",
     "tables": "regenerate each paper's tables beside the paper's numbers: qexp tables [--paper KEY] [--runs DIR]",
-    "reproduce": "run the CPU-sized reproduction sweeps and regenerate results/: qexp reproduce --mini",
+    "reproduce": "run a reproduction tier's sweeps and regenerate results/: qexp reproduce --tier mini|real",
     "bench": "step-time ratios (quantized vs FP32, qexp vs Brevitas) and packed size vs the bit limit",
     "export": "write the packed (bit-exact, k-bit) model of a finished run: qexp export RUN_DIR",
 }
@@ -110,18 +110,19 @@ def cmd_train(argv: list[str]) -> None:
 def cmd_tables(argv: list[str]) -> None:
     import argparse
 
-    from qexp.report.tables import PAPERS, make_tables
+    from qexp.report.tables import PAPERS, TIERS, make_tables
 
     parser = argparse.ArgumentParser(prog="qexp tables", description="Regenerate each paper's tables from run records.")
     parser.add_argument("--paper", action="append", choices=PAPERS, help="only this paper (repeatable)")
-    parser.add_argument("--runs", default=None, help="folder of runs (default: runs/mini/<paper> for each paper)")
+    parser.add_argument("--runs", default=None, help="one folder of runs for every table (default: runs/<tier>/<paper>, "
+                        "the folder of each table's tier)")
     parser.add_argument("--out", default="results", help="output folder (default results/)")
     parser.add_argument("--format", action="append", choices=("md", "csv", "latex"), help="default: md + csv + latex")
     args = parser.parse_args(argv)
     if args.runs is not None and not Path(args.runs).is_dir():
         raise QexpError(f"--runs {args.runs}: no such folder of runs")
     for key in args.paper or PAPERS:
-        runs = args.runs if args.runs is not None else f"runs/mini/{key}"
+        runs = args.runs if args.runs is not None else {tier: f"runs/{tier}/{key}" for tier in TIERS}
         written = make_tables(key, runs, args.out, tuple(args.format or ("md", "csv", "latex")))
         print(f"{key}: " + ", ".join(str(p) for p in written.values()))
 

@@ -1,8 +1,10 @@
-"""``qexp reproduce --mini``: each paper's claim checked at small scale on offline data.
+"""``qexp reproduce --tier mini|real``: each paper's claim checked on a CPU.
 
-The sweeps are data too (``mini:`` in ``configs/paper/<key>.yaml``).  Each runs as a Hydra
-multirun into ``RUNS/<key>/<sweep>`` with ``skip_completed=true``, so an interrupted
-reproduction continues where it stopped; the tables are regenerated at the end.
+``mini`` runs on embedded stand-ins in minutes; ``real`` on Fashion-MNIST (``make data``) in
+about two hours.  The sweeps are data too (``mini:`` / ``real:`` in ``configs/paper/<key>.yaml``).
+Each runs as a Hydra multirun into ``RUNS/<key>/<sweep>`` (``RUNS`` = ``runs/<tier>``) with
+``skip_completed=true``, so an interrupted reproduction continues where it stopped; the tables
+are regenerated at the end from every tier's runs.
 
 Sweeps run in file order.  A sweep may start from the runs of an earlier one ("train the float
 model once, then quantize it N ways")::
@@ -24,7 +26,8 @@ import time
 from pathlib import Path
 
 from qexp.errors import QexpError
-from qexp.report.tables import PAPERS, load_paper, make_tables
+from qexp.config import expand_sweep
+from qexp.report.tables import PAPERS, TIERS, load_paper, make_tables
 
 
 def init_overrides(key: str, sweep: dict, earlier: list[str], runs: Path) -> list[str]:
@@ -41,11 +44,13 @@ def init_overrides(key: str, sweep: dict, earlier: list[str], runs: Path) -> lis
     return [f"trainer.init_from={(runs / key / dep['sweep']).resolve()}", f"trainer.init_match=[{match}]"]
 
 
-def run_mini(papers: list[str], runs: str | Path, out_dir: str | Path, dry_run: bool = False) -> None:
+def run_mini(papers: list[str], runs: str | Path, out_dir: str | Path, dry_run: bool = False, tier: str = "mini") -> None:
     runs = Path(runs)
     for key in papers:
         paper = load_paper(key)
-        sweeps = paper.get("mini", [])
+        sweeps = paper.get(tier, [])
+        if not sweeps:  # this paper has no such tier (avila2022 has no real one): its results stay as they are
+            continue
         planned = []  # every sweep's overrides first: a bad init_from stops before anything runs
         for i, sweep in enumerate(sweeps):
             earlier = [s["name"] for s in sweeps[:i]]
@@ -56,15 +61,17 @@ def run_mini(papers: list[str], runs: str | Path, out_dir: str | Path, dry_run: 
                    f"hydra.sweep.dir={target}", "skip_completed=true", "trainer.progress=false"]
             print(f"[{key}] {sweep['name']}: qexp train -m {' '.join(overrides)}", flush=True)
             if dry_run:
+                print(f"    {len(expand_sweep(list(map(str, sweep['overrides']))))} jobs -> {target}", flush=True)
                 continue
             t0 = time.time()
             done = subprocess.run(cmd)
             if done.returncode != 0:
-                raise QexpError(f"mini sweep {key}/{sweep['name']} failed (exit {done.returncode}); "
+                raise QexpError(f"{tier} sweep {key}/{sweep['name']} failed (exit {done.returncode}); "
                                 f"see {target}; rerun to continue (completed jobs are skipped)")
             print(f"[{key}] {sweep['name']}: {time.time() - t0:.0f} s", flush=True)
         if not dry_run:
-            written = make_tables(key, runs / key, out_dir, formats=("md", "csv", "latex"))
+            folders = {t: Path("runs") / t / key for t in TIERS} | {tier: runs / key}
+            written = make_tables(key, folders, out_dir, formats=("md", "csv", "latex"))
             print(f"[{key}] tables: {', '.join(str(p) for p in written.values())}", flush=True)
 
 
@@ -72,10 +79,12 @@ def main(argv: list[str]) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="qexp reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("--mini", action="store_true", required=True, help="the CPU-sized reproduction (required)")
+    tier = parser.add_mutually_exclusive_group(required=True)
+    tier.add_argument("--tier", choices=TIERS, help="mini: embedded stand-ins, minutes; real: Fashion-MNIST, ~2 h")
+    tier.add_argument("--mini", dest="tier", action="store_const", const="mini", help="same as --tier mini")
     parser.add_argument("--paper", action="append", choices=PAPERS, help="only this paper (repeatable)")
-    parser.add_argument("--runs", default="runs/mini", help="where the runs go (default runs/mini)")
+    parser.add_argument("--runs", default=None, help="where the runs go (default runs/<tier>)")
     parser.add_argument("--out", default="results", help="where tables/plots go (default results/)")
-    parser.add_argument("--dry-run", action="store_true", help="print the sweeps without running them")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (sweeps, jobs, folders) without running it")
     args = parser.parse_args(argv)
-    run_mini(args.paper or list(PAPERS), args.runs, args.out, args.dry_run)
+    run_mini(args.paper or list(PAPERS), args.runs or f"runs/{args.tier}", args.out, args.dry_run, args.tier)

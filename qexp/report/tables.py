@@ -25,6 +25,18 @@ from qexp.report.store import RECORD, RECORD_FORMAT, STATUS, effective_status, r
 log = logging.getLogger("qexp")
 
 PAPERS = ("chen2021", "dong2017", "avila2022", "sung2015", "zhao2019")
+TIERS = ("mini", "real")  # mini: embedded stand-ins; real: Fashion-MNIST (paper-scale tables read the mini folder)
+TIER_TITLES = {"mini": "Mini", "real": "Real data: Fashion-MNIST"}
+PERCENT_METRICS = ("accuracy", "f1", "object_dice", "top5", "cer", "wer")
+
+
+def tier_of(entry: dict[str, Any]) -> str:
+    """Which tier's runs a table or comparison reads (``tier:`` in the paper file; default mini)."""
+    return str(entry.get("tier", "mini"))
+
+
+def _scale(entry: dict[str, Any], metric: str) -> float:
+    return float(entry.get("scale", 100.0 if metric in PERCENT_METRICS else 1.0))
 
 
 def paper_dir() -> Path:
@@ -244,29 +256,71 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def _table_lines(table: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    if table.get("kind") == "width_gap":
+        return render_width_table(table, rows, table["_scale"])
+    unit = table.get("unit", "%")
+    out = [f"| row | bits | ours ({unit}) | ± std | n | paper ({unit}) | ours − paper | memory reduction (measured) | paper reduction |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ours = _fmt(r["ours"]) if r["n"] else "**missing** (no runs)"
+        red = f"{r['reduction']:.2f}x" if r["reduction"] else ""
+        pred = f"{r['paper_reduction']}x" if r["paper_reduction"] else ""
+        diff = (f"{r['diff']:+.2f}" if r["diff"] is not None else "")
+        out.append(f"| {r['label']} | {_fmt(r['bits'])} | {ours} | {_fmt(r['std']) if r['n'] else ''} | {r['n']} | "
+                   f"{_fmt(r['paper'])} | {diff} | {red} | {pred} |")
+    return out
+
+
+def _direction_text(c: dict[str, Any]) -> str:
+    if c["direction"] == "equal":
+        return f"|A − B| ≤ {c['margin']:g}"
+    return "A > B" if c["direction"] == "greater" else "A < B"
+
+
+def render_comparisons(comparisons: list[dict[str, Any]]) -> list[str]:
+    """Each claimed comparison: the paired difference over seeds, its 95 % t-interval, the verdict."""
+    out = ["| claim (A vs B) | paper says | n | A − B, mean ± std (points) | 95 % interval | verdict |",
+           "|---|---|---|---|---|---|"]
+    for c in comparisons:
+        spread = f"{c['mean']:+.2f} ± {c['std']:.2f}" if c["std"] is not None else _fmt(c["mean"])
+        interval = f"[{c['low']:+.2f}, {c['high']:+.2f}]" if c["low"] is not None else "— (n < 2)"
+        verdict = f"**{c['verdict']}**" if c["n"] else "**missing** (no runs)"
+        out.append(f"| {c['caption']} | {_direction_text(c)} | {c['n']} | {spread} | {interval} | {verdict} |")
+    return out
+
+
 def render_markdown(paper: dict[str, Any], tables: list[tuple[dict[str, Any], list[dict[str, Any]]]],
-                    others: list[tuple[Path, str, str]], unreadable: list[tuple[Path, str]] = ()) -> str:
+                    others: list[tuple[Path, str, str]], comparisons: list[dict[str, Any]] = (),
+                    unreadable: list[tuple[Path, str]] = ()) -> str:
     out = [f"# {paper['key']}: {paper['title']}", "", f"**Claim:** {paper['claim']}", ""]
     if paper.get("verdict"):
         out += [f"**At our scale:** {paper['verdict']}", ""]
-    for table, rows in tables:
-        unit = table.get("unit", "%")
-        out += [f"## {table['caption']}", ""]
-        if table.get("note"):
-            out += [table["note"], ""]
-        if table.get("kind") == "width_gap":
-            out += render_width_table(table, rows, table["_scale"]) + [""]
-            continue
-        out += [f"| row | bits | ours ({unit}) | ± std | n | paper ({unit}) | ours − paper | memory reduction (measured) | paper reduction |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            ours = _fmt(r["ours"]) if r["n"] else "**missing** (no runs)"
-            red = f"{r['reduction']:.2f}x" if r["reduction"] else ""
-            pred = f"{r['paper_reduction']}x" if r["paper_reduction"] else ""
-            diff = (f"{r['diff']:+.2f}" if r["diff"] is not None else "")
-            out.append(f"| {r['label']} | {_fmt(r['bits'])} | {ours} | {_fmt(r['std']) if r['n'] else ''} | {r['n']} | "
-                       f"{_fmt(r['paper'])} | {diff} | {red} | {pred} |")
-        out.append("")
+    for tier in TIERS:
+        tier_tables = [(t, rows) for t, rows in tables if tier_of(t) == tier]
+        tier_comparisons = [c for c in comparisons if c["tier"] == tier]
+        level = "##"
+        if tier != "mini":
+            if not tier_tables and not tier_comparisons:
+                continue
+            out += [f"## {TIER_TITLES[tier]}", ""]
+            out += [paper[f"{tier}_note"], ""] if paper.get(f"{tier}_note") else []
+            level = "###"
+        for table, rows in tier_tables:
+            out += [f"{level} {table['caption']}", ""]
+            if table.get("note"):
+                out += [table["note"], ""]
+            if table.get("_source"):
+                out += [f"_Runs: {table['_source']}_", ""]
+            out += _table_lines(table, rows) + [""]
+        if tier_comparisons:
+            title = "Verdicts" if tier != "mini" else "Verdicts (mini): paired differences over seeds"
+            out += [f"{level} {title}", "",
+                    "Each claim is a paired difference over seeds (the same seeds on both sides), with its 95 % "
+                    "t-interval: **reproduced** when the interval excludes zero in the paper's direction (lies "
+                    "inside the margin, for claims of equality), **not reproduced** when it excludes zero the "
+                    "other way (lies outside the margin), **inconclusive** otherwise.", ""]
+            out += render_comparisons(tier_comparisons) + [""]
     if others:
         out += ["## Runs not completed (not in the tables)", "", "| run | status | error |", "|---|---|---|"]
         out += [f"| {d} | {s} | {e[:120]} |" for d, s, e in others]
@@ -278,10 +332,11 @@ def render_markdown(paper: dict[str, Any], tables: list[tuple[dict[str, Any], li
     return "\n".join(out)
 
 
-def render_csv(tables: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> str:
+def render_csv(tables: list[tuple[dict[str, Any], list[dict[str, Any]]]], comparisons: list[dict[str, Any]] = ()) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["table", "row", "metric", "bits", "ours", "std", "n", "paper", "diff", "reduction", "paper_reduction"])
+    w.writerow(["table", "row", "metric", "bits", "ours", "std", "n", "paper", "diff", "reduction", "paper_reduction",
+                "tier", "ci_low", "ci_high", "verdict"])
     for table, rows in tables:
         if table.get("kind") == "width_gap":
             for r in rows:
@@ -295,24 +350,46 @@ def render_csv(tables: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> str
             continue
         for r in rows:
             w.writerow([table["name"], r["label"], r["metric"], r["bits"], r["ours"], r["std"], r["n"], r["paper"],
-                        r["diff"], r["reduction"], r["paper_reduction"]])
+                        r["diff"], r["reduction"], r["paper_reduction"], tier_of(table)])
+    for c in comparisons:  # ours/std = mean/std of the paired differences A − B (points)
+        w.writerow(["verdicts", c["caption"], c["metric"], "", c["mean"], c["std"], c["n"], "", "", "", "",
+                    c["tier"], c["low"], c["high"], c["verdict"] if c["n"] else "missing"])
     return buf.getvalue()
 
 
-def render_latex(paper: dict[str, Any], tables: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> str:
+def _tex(text: str) -> str:
+    return str(text).replace("%", r"\%").replace("&", r"\&").replace("_", r"\_").replace("#", r"\#")
+
+
+def render_latex(paper: dict[str, Any], tables: list[tuple[dict[str, Any], list[dict[str, Any]]]],
+                 comparisons: list[dict[str, Any]] = ()) -> str:
     out = []
     for table, rows in tables:
         if table.get("kind") == "width_gap":
             out += [f"% {table['caption']}: see the markdown/CSV table (width study)", ""]
             continue
         out += ["\\begin{table}[t]", "\\centering", f"\\caption{{{paper['key']}: {table['caption']}}}",
-                "\\begin{tabular}{lrrrrr}", "\\toprule",
-                "Row & Bits & Ours & Paper & $\\Delta$ & Reduction \\\\", "\\midrule"]
+                "\\begin{tabular}{lrrrrrr}", "\\toprule",
+                "Row & Bits & Ours & $n$ & Paper & $\\Delta$ & Reduction \\\\", "\\midrule"]
         for r in rows:
             ours = f"{r['ours']:.2f} $\\pm$ {r['std']:.2f}" if r["n"] else "--"
             diff = f"{r['diff']:+.2f}" if r["diff"] is not None else "--"
             red = f"{r['reduction']:.1f}x" if r["reduction"] else "--"
-            out.append(f"{r['label']} & {_fmt(r['bits'])} & {ours} & {_fmt(r['paper']) or '--'} & {diff} & {red} \\\\")
+            out.append(f"{r['label']} & {_fmt(r['bits'])} & {ours} & {r['n']} & {_fmt(r['paper']) or '--'} & {diff} & "
+                       f"{red} \\\\")
+        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    for tier in TIERS:
+        rows = [c for c in comparisons if c["tier"] == tier]
+        if not rows:
+            continue
+        out += ["\\begin{table}[t]", "\\centering",
+                f"\\caption{{{paper['key']}: verdicts ({TIER_TITLES.get(tier, tier)}), paired differences over seeds}}",
+                "\\begin{tabular}{lrrrl}", "\\toprule",
+                "Claim (A vs B) & $n$ & A $-$ B & 95\\,\\% interval & Verdict \\\\", "\\midrule"]
+        for c in rows:
+            spread = f"{c['mean']:+.2f} $\\pm$ {c['std']:.2f}" if c["std"] is not None else _fmt(c["mean"]) or "--"
+            interval = f"[{c['low']:+.2f}, {c['high']:+.2f}]" if c["low"] is not None else "--"
+            out.append(f"{_tex(c['caption'])} & {c['n']} & {spread} & {interval} & {c['verdict']} \\\\")
         out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
     return "\n".join(out)
 
@@ -323,35 +400,125 @@ def _has_runs(row: dict[str, Any]) -> bool:
     return bool(row["n"])
 
 
-def make_tables(key: str, runs: str | Path, out_dir: str | Path = "results", formats: tuple[str, ...] = ("md",),
-                plot: bool = True) -> dict[str, Path]:
+def _side_values(side: dict[str, Any], records: list[dict[str, Any]], metric: str, scale: float) -> dict[Any, float]:
+    """seed -> metric (× scale) of the runs ``side`` matches; a side ``{match: M, minus: N}`` gives
+    the per-seed difference M − N (e.g. a float–ternary gap at one width)."""
+    def per_seed(match: dict[str, Any]) -> dict[Any, float]:
+        groups: dict[Any, list[float]] = {}
+        for r in records:
+            value = r["final"].get(metric)
+            if matches(r, match) and value is not None:
+                groups.setdefault(r.get("seed"), []).append(value * scale)
+        return {seed: statistics.fmean(v) for seed, v in groups.items()}
+
+    if "match" not in side:
+        return per_seed(side)
+    values = per_seed(side["match"])
+    if side.get("minus") is None:
+        return values
+    minus = per_seed(side["minus"])
+    return {seed: v - minus[seed] for seed, v in values.items() if seed in minus}
+
+
+def build_comparison(key: str, comp: dict[str, Any], metric: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    from qexp.errors import QexpError
+    from qexp.report.stats import DIRECTIONS, paired_difference
+
+    direction = comp.get("direction", "greater")
+    if direction not in DIRECTIONS or not isinstance(comp.get("a"), dict) or not isinstance(comp.get("b"), dict):
+        raise QexpError(f"configs/paper/{key}.yaml: comparison '{comp.get('caption')}' needs a: and b: matches and "
+                        f"direction one of {', '.join(DIRECTIONS)} (got {direction})")
+    metric = comp.get("metric", metric)
+    scale = _scale(comp, metric)
+    a = _side_values(comp["a"], records, metric, scale)
+    b = _side_values(comp["b"], records, metric, scale)
+    result = paired_difference(a, b, direction, float(comp.get("margin", 0.0)))
+    return {"caption": comp["caption"], "tier": tier_of(comp), "metric": metric, "direction": direction,
+            "margin": float(comp.get("margin", 0.0)), **result.as_dict()}
+
+
+def build_rows_for(table: dict[str, Any], metric: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    build = build_width_rows if table.get("kind") == "width_gap" else build_rows
+    return build(table, metric, records, table["_scale"])
+
+
+def _previous(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def make_tables(key: str, runs: str | Path | dict[str, str | Path], out_dir: str | Path = "results",
+                formats: tuple[str, ...] = ("md",), plot: bool = True) -> dict[str, Path]:
+    """Tables, plot and verdicts of one paper.  ``runs`` is one folder for every table, or a folder
+    per tier ({"mini": ..., "real": ...}).  A tier whose folder is not on this machine keeps its
+    rows and verdicts from the previous ``OUT/<key>.json``, so regenerating one tier never erases
+    the other's results."""
     paper = load_paper(key)
-    runset = collect(runs) if Path(runs).exists() else RunSet()
-    tables = []
+    folders = {t: Path(runs[t]) if t in runs else None for t in TIERS} if isinstance(runs, dict) else \
+        {t: Path(runs) for t in TIERS}
+    out_dir = Path(out_dir)
+    previous = _previous(out_dir / f"{key}.json")
+    kept_sources = previous.get("_sources", {})
+    for entry in [*paper["tables"], *paper.get("comparisons", [])]:
+        if tier_of(entry) not in TIERS:
+            from qexp.errors import QexpError
+
+            raise QexpError(f"configs/paper/{key}.yaml: tier={tier_of(entry)} in '{entry.get('name') or entry.get('caption')}'"
+                            f"; allowed: {', '.join(TIERS)}")
+    loaded: dict[Path, RunSet] = {}
+    for folder in {f for f in folders.values() if f is not None and f.exists()}:
+        loaded[folder] = collect(folder)
+
+    def runset(tier: str) -> RunSet | None:
+        folder = folders.get(tier)
+        return loaded.get(folder) if folder is not None else None
+
+    tables, sources = [], {}
     for table in paper["tables"]:
         metric = table.get("metric", paper.get("metric", "accuracy"))
-        scale = float(table.get("scale", 100.0 if metric in ("accuracy", "f1", "object_dice", "top5", "cer", "wer") else 1.0))
-        table["_scale"] = scale
-        build = build_width_rows if table.get("kind") == "width_gap" else build_rows
-        tables.append((table, build(table, metric, runset.completed, scale)))
-    out_dir = Path(out_dir)
+        table["_scale"] = _scale(table, metric)
+        rs = runset(tier_of(table))
+        if rs is None:  # the tier's runs are not here: carry the previous rows over (missing if none)
+            rows = previous.get(table["name"]) or build_rows_for(table, metric, [])
+            where = kept_sources.get(table["name"]) or str(folders.get(tier_of(table)) or f"runs/{tier_of(table)}/{key}")
+            table["_source"] = f"{where} is not on this machine, so these rows are carried over from the previous {key}.json"
+            sources[table["name"]] = where
+        else:
+            rows = build_rows_for(table, metric, rs.completed)
+            table["_source"] = str(folders.get(tier_of(table))) if tier_of(table) != "mini" else ""
+            sources[table["name"]] = str(folders.get(tier_of(table)) or "")
+        tables.append((table, rows))
+    kept_comparisons = {(c["tier"], c["caption"]): c for c in previous.get("_comparisons", [])}
+    comparisons = []
+    for comp in paper.get("comparisons", []):
+        rs = runset(tier_of(comp))
+        if rs is None and (tier_of(comp), comp.get("caption")) in kept_comparisons:
+            comparisons.append(kept_comparisons[(tier_of(comp), comp["caption"])])
+        else:
+            comparisons.append(build_comparison(key, comp, paper.get("metric", "accuracy"), rs.completed if rs else []))
+    others = [o for rs in loaded.values() for o in rs.other]
+    unreadable = [u for rs in loaded.values() for u in rs.unreadable]
     out_dir.mkdir(parents=True, exist_ok=True)
     from qexp.report.store import atomic_write_bytes
 
     written: dict[str, Path] = {}
     if "md" in formats:
         written["md"] = out_dir / f"{key}.md"
-        atomic_write_bytes(written["md"], render_markdown(paper, tables, runset.other, runset.unreadable).encode())
+        atomic_write_bytes(written["md"], render_markdown(paper, tables, others, comparisons, unreadable).encode())
     if "csv" in formats:
         written["csv"] = out_dir / f"{key}.csv"
-        atomic_write_bytes(written["csv"], render_csv(tables).encode())
+        atomic_write_bytes(written["csv"], render_csv(tables, comparisons).encode())
     if "latex" in formats:
         written["latex"] = out_dir / f"{key}.tex"
-        atomic_write_bytes(written["latex"], render_latex(paper, tables).encode())
+        atomic_write_bytes(written["latex"], render_latex(paper, tables, comparisons).encode())
     if plot and any(_has_runs(r) for _, rows in tables for r in rows):
         from qexp.report.plots import plot_paper
 
         written["png"] = plot_paper(paper, tables, out_dir / f"{key}.png")
-    summary = {t["name"]: rows for t, rows in tables}
+    summary: dict[str, Any] = {t["name"]: rows for t, rows in tables}
+    summary["_sources"] = sources
+    summary["_comparisons"] = comparisons
     atomic_write_bytes(out_dir / f"{key}.json", (json.dumps(summary, indent=1, default=str) + "\n").encode())
     return written
