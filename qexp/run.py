@@ -179,7 +179,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any] | None:
             "best": result["best"],
             "best_epoch": result["best_epoch"],
             "final_val": result["final_val"],
-            "memory": memory,
+            "memory": memory,  # of the final model (``final``); ``best_memory``: of the ``best`` one
+            "best_memory": result.get("best_memory") or memory,
             "quant": {"name": handle.name, "bits": handle.bits, "layers": sorted(handle.quantizers),
                       "skipped": handle.skipped, "stages": handle.stages, "stage_epochs": result["plan"]},
             "choices": picked,

@@ -30,6 +30,7 @@ from qexp.engine.logging import Logger
 from qexp.engine.sampling import ResumableSampler
 from qexp.errors import NumericalError, QexpError
 from qexp.quant.base import QuantHandle
+from qexp.report.memory import measure_memory
 from qexp.report.store import write_status
 from qexp.tasks.base import to_device
 
@@ -407,9 +408,13 @@ class Trainer:
                 model.load_state_dict(ckpt.load_checkpoint(best_path)["model"])
                 result["best"] = self.evaluate_tests(model, bundle)
                 result["best_epoch"] = state["best_epoch"]
+                # the packed size of the model these metrics come from (clip_svd's energy rank and
+                # SQ's float rows depend on the weights, so it can differ from the final model's)
+                result["best_memory"] = measure_memory(model, handle)
                 model.load_state_dict(last_state)
             else:
                 result["best"], result["best_epoch"] = dict(result["final"]), len(flat)
+                result["best_memory"] = None  # the final model: its memory is the record's ``memory``
             self.logger.scalars({f"test/{k}": v for k, v in result["final"].items()}, state["global_step"])
             self.logger.hparams(hparams or {}, {f"test_{k}": v for k, v in result["final"].items()})
         self.logger.close()
