@@ -78,13 +78,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
 def make_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov) / Adam / AdamW; weight decay skips biases and norm parameters."""
+    """SGD (momentum, nesterov) / Adam / AdamW; weight decay skips biases and norm parameters
+    (``decay_norm``: norm scales and shifts are decayed like weights, as Caffe's solvers do)."""
+    norm = set()
+    if getattr(cfg, "decay_norm", False):
+        norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.dim() <= 1 else decay).append(p)
+        (decay if p.dim() > 1 or id(p) in norm else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
