@@ -148,16 +148,6 @@ class ChannelLayout:
 PLAIN = ChannelLayout()
 
 
-def channel_view(w: torch.Tensor, layout: ChannelLayout = PLAIN) -> torch.Tensor:
-    """Weights as (out_channels, fan_in): one row per output filter/neuron."""
-    return layout.rows(w)
-
-
-def per_row(stat: torch.Tensor, w: torch.Tensor, layout: ChannelLayout = PLAIN) -> torch.Tensor:
-    """Broadcast a per-output-channel statistic of shape (C,) against ``w``."""
-    return layout.expand(stat, w)
-
-
 def stat_rows(w: torch.Tensor, per_channel: bool, layout: ChannelLayout = PLAIN) -> torch.Tensor:
     """The rows a statistic is taken over: one per output channel, or the whole tensor as one."""
     return layout.rows(w) if per_channel else w.reshape(1, -1)
