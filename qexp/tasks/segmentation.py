@@ -223,11 +223,25 @@ def _padded(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _nearest_in_set(mask: np.ndarray, others: list[np.ndarray]) -> float:
+def _extent(mask: np.ndarray) -> np.ndarray:
+    r0, r1, c0, c1 = _bbox(mask)
+    return np.array([r0, r1 - 1, c0, c1 - 1])
+
+
+def _nearest_in_set(mask: np.ndarray, others: list[np.ndarray], extents: np.ndarray) -> float:
     """Hausdorff distance from ``mask`` to the nearest of ``others`` (masks of other images,
-    compared in one pixel frame: each image's own coordinates from its top-left corner)."""
+    compared in one pixel frame: each image's own coordinates from its top-left corner).
+
+    Exact, with pruning: the Hausdorff distance is at least the largest difference of the two
+    objects' extreme rows/columns (the extreme pixel of one is that far from every pixel of the
+    other), so candidates are visited by that bound and the search stops once it reaches the
+    best distance found."""
+    bound = np.abs(extents - _extent(mask)[None, :]).max(axis=1)
     best = math.inf
-    for other in others:
+    for k in np.argsort(bound, kind="stable"):
+        if bound[k] >= best:
+            break
+        other = others[k]
         shape = (max(mask.shape[0], other.shape[0]), max(mask.shape[1], other.shape[1]))
         best = min(best, hausdorff(_padded(mask, shape), _padded(other, shape)))
     return best
@@ -280,7 +294,7 @@ def glas_set_metrics(predictions: list[np.ndarray], truths: list[np.ndarray]) ->
         return out
     seg_dice = np.concatenate([o.seg_dice for o in images])
     gt_dice = np.concatenate([o.gt_dice for o in images])
-    out["object_dice"] = _two_way(seg_area, seg_dice, gt_area, gt_dice)
+    out["object_dice"] = float(_two_way(seg_area, seg_dice, gt_area, gt_dice))
 
     def masks(maps: list[np.ndarray]) -> list[np.ndarray]:
         labelled = [relabel(m) for m in maps]
@@ -294,13 +308,15 @@ def glas_set_metrics(predictions: list[np.ndarray], truths: list[np.ndarray]) ->
         for k, o in enumerate(images):
             haus = getattr(o, f"{side}_haus")
             if np.isnan(haus).any():  # this image has no object of the other side
-                others = masks(theirs) if others is None else others
+                if others is None:
+                    others = masks(theirs)
+                    extents = np.array([_extent(m) for m in others])
                 lab = relabel(mine[k])
-                haus = np.array([_nearest_in_set(lab == v + 1, others) for v in range(haus.size)])
+                haus = np.array([_nearest_in_set(lab == v + 1, others, extents) for v in range(haus.size)])
             parts.append(haus)
         return np.concatenate(parts)
 
-    out["object_hausdorff"] = _two_way(seg_area, resolved("seg"), gt_area, resolved("gt"))
+    out["object_hausdorff"] = float(_two_way(seg_area, resolved("seg"), gt_area, resolved("gt")))
     return out
 
 
