@@ -44,7 +44,8 @@ class TrainerConfig:
     lr: float = 2e-3
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 0.0  # not applied to biases and norm parameters
+    weight_decay: float = 0.0  # not applied to biases, nor to norm parameters unless decay_norm
+    decay_norm: bool = False  # true: BN/GroupNorm/LayerNorm scale and shift are decayed too (as Caffe does)
     scheduler: str = "cosine"  # none | step | cosine   (per stage, stepped every iteration)
     step_size: int = 10  # scheduler=step: decay every step_size epochs ...
     gamma: float = 0.1

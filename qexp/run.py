@@ -304,7 +304,8 @@ def _train_locked(cfg: DictConfig, run_dir: Path, dist: Dist, t0: float) -> dict
             "best": result["best"],
             "best_epoch": result["best_epoch"],
             "final_val": result["final_val"],
-            "memory": memory,
+            "memory": memory,  # of the final model (``final``); ``best_memory``: of the ``best`` one
+            "best_memory": result.get("best_memory") or memory,
             "quant": {"name": handle.name, "bits": handle.bits, "layers": sorted(handle.quantizers),
                       "layer_bits": handle.layer_bits(), "skipped": handle.skipped, "stages": handle.stages,
                       "stage_epochs": result["plan"], "post_training": not result["plan"]},

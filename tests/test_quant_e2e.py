@@ -8,9 +8,10 @@ import torch
 from hydra.utils import instantiate
 
 from qexp.config import compose
-from qexp.engine.checkpoint import latest_valid
+from qexp.engine.checkpoint import latest_valid, load_checkpoint
 from qexp.export import export_run, load_exported, main as export_main
 from qexp.quant.base import apply_quantization
+from qexp.report.memory import measure_memory
 from qexp.run import train
 
 
@@ -21,6 +22,7 @@ ROWS = {
     "twn": ["quant=twn"],
     "sq_bwn": ["quant=sq", "bits=1", "quant.base=bwn"],
     "sq_twn": ["quant=sq", "bits=2", "quant.base=twn"],
+    "sq_reference": ["quant=sq", "bits=2", "quant.selection=reference", "quant.center=true"],
     "ternary": ["quant=ternary", "bits=3"],
     "pow2": ["quant=pow2", "bits=3"],
     "fixed": ["quant=fixed", "bits=5"],
@@ -52,6 +54,10 @@ def test_train_export_and_load_back(name, tmp_path, capsys):
     model.eval()
     for key, (module, pname) in handle.owners.items():
         assert torch.equal(getattr(module, pname), exported[key]), key
+
+    # the record's best_memory is the size of the best-validation model (the one `best` measures)
+    model.load_state_dict(load_checkpoint(tmp_path / "checkpoints" / "best.pt")["model"])
+    assert record["best_memory"]["packed_bytes"] == measure_memory(model, handle)["packed_bytes"]
 
     # ... and `qexp export` re-evaluates it to the record's test metric
     capsys.readouterr()

@@ -111,7 +111,7 @@ FAST_PATHS = {
     "bwn_pt": partial(BinaryQuantizer, 1, per_channel=False),
     "twn_pt": partial(TernaryWeightQuantizer, 2, per_channel=False),
     **{f"pow2_{b}_{r}_{'pc' if pc else 'pt'}": partial(PowerOfTwoQuantizer, b, pc, rounding=r)
-       for b in (2, 4, 6) for r in ("log", "linear") for pc in (True, False)},
+       for b in (3, 4, 6) for r in ("log", "linear") for pc in (True, False)},
 }
 
 

@@ -84,3 +84,18 @@ def test_collect_separates_unfinished(tmp_path):
     assert len(rs.completed) == 1
     assert {s for _, s, _ in rs.other} == {"running"}
     assert [p.parent.name for p, _ in rs.unreadable] == ["bad"]
+
+
+def test_a_table_pairs_each_metric_set_with_its_own_models_memory():
+    from qexp.report.tables import build_rows
+
+    record = {"final": {"accuracy": 0.90}, "best": {"accuracy": 0.95}, "quant": {"name": "clip_svd", "bits": 8}, "choices": {"quant": "clip_svd"},
+              "memory": {"reduction": 6.0, "packed_bytes": 100}, "best_memory": {"reduction": 4.0, "packed_bytes": 150},
+              "_dir": "r"}
+    rows = [{"label": "clip", "match": {"choices.quant": "clip_svd"}}]
+    final = build_rows({"rows": rows}, "accuracy", [record], 100.0)[0]
+    best = build_rows({"rows": rows, "checkpoint": "best"}, "accuracy", [record], 100.0)[0]
+    assert (final["ours"], final["reduction"]) == (90.0, 6.0)
+    assert (best["ours"], best["reduction"]) == (95.0, 4.0)
+    old = {k: v for k, v in record.items() if k != "best_memory"}  # a record from before best_memory
+    assert build_rows({"rows": rows, "checkpoint": "best"}, "accuracy", [old], 100.0)[0]["reduction"] is None

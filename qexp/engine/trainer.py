@@ -31,6 +31,7 @@ from qexp.engine.logging import Logger
 from qexp.engine.sampling import ResumableSampler
 from qexp.errors import NumericalError, QexpError
 from qexp.quant.base import QuantHandle
+from qexp.report.memory import measure_memory
 from qexp.report.store import write_status
 from qexp.tasks.base import to_device
 
@@ -87,13 +88,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
 def make_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov) / Adam / AdamW; weight decay skips biases and norm parameters."""
+    """SGD (momentum, nesterov) / Adam / AdamW; weight decay skips biases and norm parameters
+    (``decay_norm``: norm scales and shifts are decayed like weights, as Caffe's solvers do)."""
+    norm = set()
+    if getattr(cfg, "decay_norm", False):
+        norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.dim() <= 1 else decay).append(p)
+        (decay if p.dim() > 1 or id(p) in norm else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
@@ -451,9 +459,13 @@ class Trainer:
                 model.load_state_dict(best)
                 result["best"] = self.evaluate_tests(model, bundle)
                 result["best_epoch"] = state["best_epoch"]
+                # the packed size of the model these metrics come from (clip_svd's energy rank and
+                # SQ's float rows depend on the weights, so it can differ from the final model's)
+                result["best_memory"] = measure_memory(model, handle)
                 model.load_state_dict(last_state)
             else:
                 result["best"], result["best_epoch"] = dict(result["final"]), len(flat)
+            result.setdefault("best_memory", None)  # None: the final model's, the record's ``memory``
             result["best_lost"] = self.best_lost
             self.logger.scalars({f"test/{k}": v for k, v in result["final"].items()}, state["global_step"])
             self.logger.hparams(hparams or {}, {f"test_{k}": v for k, v in result["final"].items()})

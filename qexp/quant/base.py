@@ -75,27 +75,88 @@ class Packed:
         )
 
 
-def channel_view(w: torch.Tensor) -> torch.Tensor:
-    """Weights as (out_channels, fan_in): one row per output filter/neuron."""
-    if w.dim() == 0:
-        return w.reshape(1, 1)
-    return w.reshape(w.shape[0], -1)
+@dataclass(frozen=True)
+class ChannelLayout:
+    """Where a weight keeps its output channels.
+
+    ``Linear``/``Conv``/RNN weights are (out, in/groups, *k): output channel ``o`` is row ``o``.
+    ``ConvTranspose`` weights are (in, out/groups, *k): output channel ``g * out/groups + j`` is
+    column ``j`` of the rows of group ``g``.  Per-channel statistics (scales, exponents, SQ's
+    rows) must follow the output channels, so a ``ConvTranspose2d(16, 8)`` gets 8 scales, not 16.
+    ``to_plain`` rearranges a transposed weight into the (out, in/groups, *k) layout of the
+    equivalent convolution; for every other layer it is the identity (no copy).
+    """
+
+    transposed: bool = False
+    groups: int = 1
+
+    @classmethod
+    def of(cls, module: nn.Module) -> "ChannelLayout":
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):
+            return cls(True, int(module.groups))
+        return PLAIN
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"layout": {"transposed": True, "groups": self.groups}} if self.transposed else {}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "ChannelLayout":
+        got = meta.get("layout")
+        return cls(bool(got["transposed"]), int(got["groups"])) if got else PLAIN
+
+    def out_channels(self, shape: tuple[int, ...]) -> int:
+        if not shape:
+            return 1
+        return shape[1] * self.groups if self.transposed else shape[0]
+
+    def to_plain(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.transposed:
+            return w
+        cin, cog, *k = w.shape
+        g = self.groups
+        return w.reshape(g, cin // g, cog, *k).transpose(1, 2).reshape(g * cog, cin // g, *k)
+
+    def from_plain(self, wp: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Inverse of :meth:`to_plain`: ``wp`` (any shape with ``shape``'s element order in the
+        plain layout) back to the layer's ``shape``."""
+        if not self.transposed:
+            return wp.reshape(shape)
+        cin, cog, *k = shape
+        g = self.groups
+        return wp.reshape(g, cog, cin // g, *k).transpose(1, 2).reshape(shape)
+
+    def rows(self, w: torch.Tensor) -> torch.Tensor:
+        """Weights as (out_channels, fan_in): one row per output filter/neuron."""
+        if w.dim() == 0:
+            return w.reshape(1, 1)
+        p = self.to_plain(w)
+        return p.reshape(p.shape[0], -1)
+
+    def expand(self, stat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Broadcast a per-output-channel statistic of shape (C,) against ``w``."""
+        if w.dim() == 0:
+            return stat.reshape(())
+        ones = (1,) * (w.dim() - 2)
+        if not self.transposed:
+            return stat.reshape((-1,) + (1,) * (w.dim() - 1))
+        cin, cog = w.shape[:2]
+        g = self.groups
+        if g == 1:
+            return stat.reshape(1, -1, *ones)
+        return stat.reshape(g, 1, cog, *ones).expand(g, cin // g, cog, *ones).reshape(cin, cog, *ones)
 
 
-def per_row(stat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Broadcast a per-output-channel statistic of shape (C,) against ``w``."""
-    return stat.reshape((-1,) + (1,) * (w.dim() - 1)) if w.dim() > 0 else stat.reshape(())
+PLAIN = ChannelLayout()
 
 
-def stat_rows(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+def stat_rows(w: torch.Tensor, per_channel: bool, layout: ChannelLayout = PLAIN) -> torch.Tensor:
     """The rows a statistic is taken over: one per output channel, or the whole tensor as one."""
-    rows = channel_view(w)
-    return rows if per_channel else rows.reshape(1, -1)
+    return layout.rows(w) if per_channel else w.reshape(1, -1)
 
 
-def expand_stat(stat: torch.Tensor, w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+def expand_stat(stat: torch.Tensor, w: torch.Tensor, per_channel: bool, layout: ChannelLayout = PLAIN) -> torch.Tensor:
     """Broadcast a statistic from :func:`stat_rows` rows (shape (C,) or (1,)) against ``w``."""
-    return per_row(stat, w) if per_channel else stat.reshape(())
+    return layout.expand(stat, w) if per_channel else stat.reshape(())
 
 
 def check_bits(kind: str, bits: Any, lo: int, hi: int) -> None:
@@ -108,6 +169,13 @@ def check_bits(kind: str, bits: Any, lo: int, hi: int) -> None:
 def check_choice(kind: str, key: str, value: Any, allowed: tuple[Any, ...]) -> None:
     if value not in allowed:
         raise QexpError(f"quant.{key}={value!r} is not valid for quant={kind}; allowed: {', '.join(map(str, allowed))}")
+
+
+def check_flag(kind: str, key: str, value: Any) -> bool:
+    """One-line :class:`QexpError` unless ``value`` is a boolean (Hydra's true/false)."""
+    if not isinstance(value, bool):
+        raise QexpError(f"quant.{key}={value!r} is not valid for quant={kind}; allowed: true, false")
+    return value
 
 
 def check_ratios(kind: str, ratios: Any, must_end_at_one: bool = False) -> list[float]:
@@ -142,6 +210,23 @@ class Quantizer(nn.Module):
         # device-to-host syncs (reading a CUDA bool each forward would stall the stream)
         self.register_buffer("enabled", torch.tensor(True))
         self._enabled = True
+        self.layout = PLAIN  # where the output channels are: set by apply_quantization per layer
+
+    def set_layout(self, layout: ChannelLayout) -> None:
+        """Called before :meth:`attach`: the channel layout of the layer this quantizer owns."""
+        self.layout = layout
+
+    def _rows(self, w: torch.Tensor) -> torch.Tensor:
+        """The rows this quantizer's statistics are taken over (see :func:`stat_rows`)."""
+        return stat_rows(w, self.per_channel, self.layout)
+
+    def _expand(self, stat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """A statistic of :meth:`_rows` broadcast against ``w`` (see :func:`expand_stat`)."""
+        return expand_stat(stat, w, self.per_channel, self.layout)
+
+    def _unrows(self, rows: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Inverse of :meth:`_rows`: values computed row by row back in the weight's ``shape``."""
+        return self.layout.from_plain(rows, shape) if self.per_channel else rows.reshape(shape)
 
     @property
     def is_enabled(self) -> bool:
@@ -200,10 +285,11 @@ class Quantizer(nn.Module):
             numel=codes.numel(),
             codes=pack_codes(codes, self.bits),
             tensors={k: v.detach().cpu() for k, v in params.items()},
-            meta={"kind": self.kind},
+            meta={"kind": self.kind, **self.layout.to_meta()},
         )
 
     def decode(self, packed: Packed, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        self.set_layout(ChannelLayout.from_meta(packed.meta))
         codes = unpack_codes(packed.codes, packed.bits, packed.numel)
         if codes.numel() == _numel(packed.shape):
             codes = codes.reshape(packed.shape)  # else: a flat code stream (SQ rows, SVD factors)
@@ -449,6 +535,7 @@ def apply_quantization(model: nn.Module, quant_cfg: Any, initialised: bool = Fal
         q = make_quantizer(cls, kwargs, name, per_layer.get(key), key)
         weight = getattr(module, pname)
         check_finite(weight.detach(), f"quant={name} on {key}")
+        q.set_layout(ChannelLayout.of(module))
         q.attach(weight.detach())
         q.to(weight.device)
         parametrize.register_parametrization(module, pname, q, unsafe=True)

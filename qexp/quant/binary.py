@@ -3,6 +3,9 @@
 ``bwn``  W_i ~ alpha_i * sign(W_i),  alpha_i = mean|W_i| per output filter;            1-bit codes.
 ``twn``  Delta = 0.7 * mean|W| per layer; alpha_i = mean of |w| over |w| > Delta in filter i;
          W_i ~ alpha_i * {-1, 0, +1} (0 where |w| <= Delta);                           2-bit codes.
+         ``center=true``: Delta = 0.7 * mean|W - mean(W)|, as the SQ authors' Caffe code computes
+         it (the TWN paper's rule, the default, takes |W| uncentred; the two differ by how far
+         the layer's mean is from 0).
 Both keep one FP32 scale per output filter (``per_channel=false``: one per layer).
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from qexp.errors import QexpError
-from qexp.quant.base import Quantizer, check_bits, expand_stat, signed_scale, stat_rows
+from qexp.quant.base import Quantizer, check_bits, check_flag, signed_scale
 
 
 class BinaryQuantizer(Quantizer):
@@ -24,7 +27,7 @@ class BinaryQuantizer(Quantizer):
         super().__init__(bits, per_channel)
 
     def _alpha(self, w: torch.Tensor) -> torch.Tensor:
-        return stat_rows(w, self.per_channel).float().abs().mean(dim=1)
+        return self._rows(w).float().abs().mean(dim=1)
 
     def compute_codes(self, w):
         return (w >= 0).to(torch.int64), {"scale": self._alpha(w)}
@@ -34,15 +37,16 @@ class BinaryQuantizer(Quantizer):
         if w.dtype != torch.float32:
             return super().quantize(w)
         w = w.detach()
-        return signed_scale(expand_stat(self._alpha(w), w, self.per_channel), w)
+        return signed_scale(self._expand(self._alpha(w), w), w)
 
     def dequantize(self, codes, params, w_like):
-        alpha = expand_stat(params["scale"].to(w_like.device, torch.float32), w_like, self.per_channel)
+        alpha = self._expand(params["scale"].to(w_like.device, torch.float32), w_like)
         return ((codes.to(w_like.device, torch.float32) * 2 - 1) * alpha).to(w_like.dtype)
 
 
 class TernaryWeightQuantizer(Quantizer):
-    """TWN: threshold at ``threshold`` x mean|W| (per layer), per-filter scale over the survivors.
+    """TWN: threshold at ``threshold`` x mean|W| (per layer; ``center``: x mean|W - mean(W)|),
+    per-filter scale over the survivors.
 
     Codes: 0 = -alpha, 1 = 0, 2 = +alpha.  A filter with no weight above the threshold gets
     alpha = 0 (all its codes are 1 anyway).
@@ -50,23 +54,35 @@ class TernaryWeightQuantizer(Quantizer):
 
     kind = "twn"
 
-    def __init__(self, bits: int = 2, per_channel: bool = True, threshold: float = 0.7):
+    def __init__(self, bits: int = 2, per_channel: bool = True, threshold: float = 0.7, center: bool = False):
         check_bits(self.kind, bits, 2, 2)
         if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 2:
             raise QexpError(f"quant.threshold={threshold!r} is out of range; allowed: a number in (0, 2) "
                             f"(TWN's 0.7 x mean|W|)")
+        check_flag(self.kind, "center", center)
         super().__init__(bits, per_channel)
         self.threshold = float(threshold)
+        self.center = center
+
+    def delta(self, wf: torch.Tensor, mag: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's threshold: ``threshold`` x mean|W| (``center``: x mean|W - mean(W)|);
+        ``mag`` is |W| when the caller has it already."""
+        if self.center:
+            spread = (wf - wf.mean()).abs()
+        else:
+            spread = wf.abs() if mag is None else mag
+        return spread.sum() * (self.threshold / wf.numel())
 
     def _split(self, wf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(keep, alpha): 1.0 where |w| is above the threshold (else 0.0), and each row's mean
         kept magnitude (0 for a row that keeps none).  Float masks throughout: on CPU a bool
         mask costs two to three times a float kernel, and this runs on every training step."""
         mag = wf.abs()
+        delta = self.delta(wf, mag)
         # |w| - delta > 0 exactly when |w| > delta (IEEE subtraction is 0 only for equal operands)
-        keep = (mag - mag.sum() * (self.threshold / mag.numel())).sign_().clamp_(min=0.0)
-        kept = stat_rows(mag.mul_(keep), self.per_channel).sum(dim=1)
-        count = stat_rows(keep, self.per_channel).sum(dim=1)
+        keep = (mag - delta).sign_().clamp_(min=0.0)
+        kept = self._rows(mag.mul_(keep)).sum(dim=1)
+        count = self._rows(keep).sum(dim=1)
         return keep, kept / count.clamp_min(1.0)  # kept is 0 where count is 0
 
     def compute_codes(self, w):
@@ -81,11 +97,11 @@ class TernaryWeightQuantizer(Quantizer):
             return super().quantize(w)
         w = w.detach()
         keep, alpha = self._split(w)
-        return w.sign().mul_(keep).mul_(expand_stat(alpha, w, self.per_channel))
+        return w.sign().mul_(keep).mul_(self._expand(alpha, w))
 
     def dequantize(self, codes, params, w_like):
-        alpha = expand_stat(params["scale"].to(w_like.device, torch.float32), w_like, self.per_channel)
+        alpha = self._expand(params["scale"].to(w_like.device, torch.float32), w_like)
         return ((codes.to(w_like.device, torch.float32) - 1) * alpha).to(w_like.dtype)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", threshold={self.threshold}"
+        return super().extra_repr() + f", threshold={self.threshold}, center={self.center}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from qexp.errors import QexpError
-from qexp.quant.base import Quantizer, check_bits, expand_stat, stat_rows
+from qexp.quant.base import Quantizer, check_bits
 
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -83,8 +83,8 @@ class ClipSVDQuantizer(Quantizer):
                 codes_a, scale_a = clip_quantize_rows((u[:, :r] * s[:r]).T, self.bits, self.clip_sigma)
                 codes_b, scale_b = clip_quantize_rows(vh[:r], self.bits, self.clip_sigma)
                 return torch.cat([codes_a.reshape(-1), codes_b.reshape(-1)]), {"scale_a": scale_a, "scale_b": scale_b}
-        codes, scale = clip_quantize_rows(stat_rows(w, self.per_channel), self.bits, self.clip_sigma)
-        return codes.reshape(w.shape), {"scale": scale}
+        codes, scale = clip_quantize_rows(self._rows(w), self.bits, self.clip_sigma)
+        return self._unrows(codes, w.shape), {"scale": scale}
 
     def dequantize(self, codes, params, w_like):
         half = 2 ** (self.bits - 1)
@@ -98,7 +98,7 @@ class ClipSVDQuantizer(Quantizer):
             a = flat[: r * out_f].reshape(r, out_f) * sa[:, None]
             b = flat[r * out_f:].reshape(r, in_f) * sb[:, None]
             return (a.T @ b).to(w_like.dtype)
-        scale = expand_stat(params["scale"].to(w_like.device, torch.float32), w_like, self.per_channel)
+        scale = self._expand(params["scale"].to(w_like.device, torch.float32), w_like)
         return ((codes.reshape(w_like.shape).to(torch.float32) - half) * scale).to(w_like.dtype)
 
     def extra_repr(self) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from qexp.errors import QexpError
-from qexp.quant.base import Quantizer, check_bits, expand_stat, stat_rows
+from qexp.quant.base import Quantizer, check_bits
 
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -70,7 +70,7 @@ class HwangSungQuantizer(Quantizer):
 
     def attach(self, w: torch.Tensor) -> None:
         super().attach(w)
-        self.step = torch.zeros(stat_rows(w, self.per_channel).shape[0], device=w.device)
+        self.step = torch.zeros(self._rows(w).shape[0], device=w.device)
         self._fitted = False
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -88,10 +88,10 @@ class HwangSungQuantizer(Quantizer):
         self._fitted = False
 
     def fit_step(self, w: torch.Tensor) -> torch.Tensor:
-        return l2_optimal_step(stat_rows(w, self.per_channel), self.levels, self.candidates)
+        return l2_optimal_step(self._rows(w), self.levels, self.candidates)
 
     def _current_step(self, w: torch.Tensor) -> torch.Tensor:
-        rows = stat_rows(w, self.per_channel).shape[0]
+        rows = self._rows(w).shape[0]
         if self.refit_step:
             return self.fit_step(w)
         if self.step.numel() != rows or not self._fitted:
@@ -101,11 +101,11 @@ class HwangSungQuantizer(Quantizer):
 
     def compute_codes(self, w):
         step = self._current_step(w)
-        q = torch.clamp(torch.round(w.float() / expand_stat(step, w, self.per_channel)), -self.levels, self.levels)
+        q = torch.clamp(torch.round(w.float() / self._expand(step, w)), -self.levels, self.levels)
         return (q + self.levels).to(torch.int64), {"step": step}
 
     def dequantize(self, codes, params, w_like):
-        step = expand_stat(params["step"].to(w_like.device, torch.float32), w_like, self.per_channel)
+        step = self._expand(params["step"].to(w_like.device, torch.float32), w_like)
         return ((codes.to(w_like.device, torch.float32) - self.levels) * step).to(w_like.dtype)
 
     def extra_repr(self) -> str:

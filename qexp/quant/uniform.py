@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from qexp.errors import QexpError
-from qexp.quant.base import Quantizer, check_bits, expand_stat, signed_scale, stat_rows
+from qexp.quant.base import Quantizer, check_bits, signed_scale
 
 _EPS = torch.finfo(torch.float32).tiny
 
@@ -32,15 +32,9 @@ class UniformQuantizer(Quantizer):
             raise QexpError(f"quant=uniform supports bits 1..16, got bits={bits}")
         self.symmetric = bool(symmetric)
 
-    def _stat_rows(self, w: torch.Tensor) -> torch.Tensor:
-        return stat_rows(w, self.per_channel)
-
-    def _expand(self, stat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return expand_stat(stat, w, self.per_channel)
-
     def _grid(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         """The side tensors of ``w``'s grid: ``scale`` (and ``zero`` when asymmetric), per row."""
-        rows = self._stat_rows(w).float()
+        rows = self._rows(w).float()
         k = self.bits
         if self.symmetric:
             if k == 1:
@@ -120,7 +114,7 @@ class FixedPointQuantizer(Quantizer):
         self.frac_bits = frac_bits
 
     def _frac(self, w: torch.Tensor) -> torch.Tensor:
-        rows = stat_rows(w, self.per_channel).float()
+        rows = self._rows(w).float()
         if self.frac_bits is not None:
             return torch.full((rows.shape[0],), self.frac_bits, dtype=torch.int16, device=w.device)
         peak = rows.abs().amax(dim=1)
@@ -131,14 +125,14 @@ class FixedPointQuantizer(Quantizer):
     def compute_codes(self, w):
         f = self._frac(w)
         half = 2 ** (self.bits - 1)
-        scaled = torch.ldexp(w.float(), expand_stat(f, w, self.per_channel).float())
+        scaled = torch.ldexp(w.float(), self._expand(f, w).float())
         q = torch.clamp(torch.round(scaled), -half, half - 1)
         return (q + half).to(torch.int64), {"frac_bits": f}
 
     def dequantize(self, codes, params, w_like):
         f = params["frac_bits"].to(w_like.device, torch.float32)
         q = codes.to(w_like.device, torch.float32) - 2 ** (self.bits - 1)
-        return torch.ldexp(q, -expand_stat(f, w_like, self.per_channel)).to(w_like.dtype)
+        return torch.ldexp(q, -self._expand(f, w_like)).to(w_like.dtype)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", frac_bits={self.frac_bits}"

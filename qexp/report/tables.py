@@ -161,13 +161,31 @@ def _stats(values: list[float]) -> tuple[float | None, float | None, int]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
 
 
+CHECKPOINTS = ("final", "best")
+
+
+def model_of(record: dict[str, Any], checkpoint: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(test metrics, measured memory) of one model of a run: the ``final`` one or the ``best``
+    validation checkpoint, so a table never pairs one model's metric with another's size.
+    Records written before ``best_memory`` existed have no size for ``best``."""
+    if checkpoint == "final":
+        return record["final"], record["memory"]
+    return record["best"], record.get("best_memory")
+
+
 def build_rows(table: dict[str, Any], metric: str, records: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
+    checkpoint = table.get("checkpoint", "final")
+    if checkpoint not in CHECKPOINTS:
+        from qexp.errors import QexpError
+
+        raise QexpError(f"table {table.get('name')}: checkpoint={checkpoint} is not valid; allowed: final, best")
     rows = []
     for row in table["rows"]:
         hits = [r for r in records if matches(r, row.get("match", {}))]
         m = row.get("metric", metric)
-        mean, std, n = _stats([r["final"].get(m) for r in hits])
-        red, _, _ = _stats([r["memory"]["reduction"] for r in hits])
+        models = [model_of(r, checkpoint) for r in hits]
+        mean, std, n = _stats([metrics.get(m) for metrics, _ in models])
+        red, _, _ = _stats([mem["reduction"] if mem else None for _, mem in models])
         bits = sorted({r["quant"].get("bits") for r in hits if r["quant"].get("bits")})
         paper = row.get("paper")
         rows.append({
@@ -201,8 +219,9 @@ def build_width_rows(table: dict[str, Any], metric: str, records: list[dict[str,
         pair = {}
         for side in sides:
             hits = [r for r in records if matches(r, table[side]) and lookup(r, table["width_key"]) == w]
-            mean, std, n = _stats([r["final"].get(metric) for r in hits])
-            size, _, _ = _stats([r["memory"]["packed_bytes"] for r in hits])
+            models = [model_of(r, table.get("checkpoint", "final")) for r in hits]
+            mean, std, n = _stats([metrics.get(metric) for metrics, _ in models])
+            size, _, _ = _stats([mem["packed_bytes"] if mem else None for _, mem in models])
             pair[side] = (mean, std, n, size)
         rows.append({"width": w, **pair})
     fl = [(r["float"][3], 1 - r["float"][0]) for r in rows if r["float"][2]]

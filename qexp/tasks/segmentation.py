@@ -4,8 +4,8 @@ Metrics (Sirinukunwattana et al., "Gland segmentation in colon histology images:
 challenge contest", MedIA 2017), computed on instance label maps (0 = background, 1..n objects)
 of one image, ``S`` the segmentation and ``G`` the ground truth:
 
-* **F1** -- a segmented object is a true positive when it covers at least 50 % of the ground-truth
-  object it overlaps most (each ground-truth object is matched at most once); the other segmented
+* **F1** -- a segmented object is a true positive when it covers MORE than 50 % of the
+  ground-truth object it overlaps most (the official code's ``> 0.5``); the other segmented
   objects are false positives, unmatched ground-truth objects false negatives.
   ``F1 = 2 TP / (2 TP + FP + FN)``.
 * **object Dice** -- ``1/2 [sum_i gamma_i Dice(G_i, S*(G_i)) + sum_j sigma_j Dice(G*(S_j), S_j)]``
@@ -16,20 +16,24 @@ of one image, ``S`` the segmentation and ``G`` the ground truth:
   smallest Hausdorff distance), as the official evaluation code does.  Distances are in pixels
   of the ground truth's resolution.
 
-Conventions for degenerate images: both empty -> F1 = Dice = 1, Hausdorff 0; exactly one side
-empty -> F1 = Dice = 0 and Hausdorff = the image diagonal (the official code returns infinity,
-which would make every average infinite).
+The challenge computes these over the whole test set: G and S are all objects of all images,
+TP/FP/FN are summed, and the weights are areas over the total area of the set's objects
+(:func:`glas_set_metrics`; the task's ``f1``, ``object_dice`` and ``object_hausdorff``).  The
+per-image scores (:func:`image_scores`, :func:`glas_metrics`) averaged over the images are kept
+as ``f1_image_mean``, ``object_dice_image_mean`` and ``object_hausdorff_image_mean``: many
+papers report those instead, and the two differ (an image with few small glands weighs as much
+as one with many large glands in the mean, much less in the pooled score).
 
-The task averages the per-image values over the images of a split (and also reports ``f1_pooled``
-from the split's summed TP/FP/FN).  Predictions become instances by labelling the connected
-components of the gland class (``scipy.ndimage.label``); with a contour channel, components of
-"gland and not contour" are seeds that grow back over the contour pixels (geodesic dilation);
-then holes are filled and components smaller than ``min_size`` pixels removed.
+Predictions become instances by labelling the connected components of the gland class
+(``scipy.ndimage.label``); with a contour channel, components of "gland and not contour" are
+seeds that grow back over the contour pixels (geodesic dilation); then holes are filled and
+components smaller than ``min_size`` pixels removed.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -87,24 +91,87 @@ def _counts(lab: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(lab.ravel(), minlength=n + 1)
 
 
+@dataclass
+class ImageObjects:
+    """The per-object terms of one image, from which both the image's own scores and the
+    test-set (pooled) scores are summed.  ``*_haus`` is NaN for an object whose image has no
+    object on the other side (resolved against the whole set by :func:`glas_set_metrics`)."""
+
+    shape: tuple[int, int]
+    tp: int
+    fp: int
+    fn: int
+    seg_area: np.ndarray
+    seg_dice: np.ndarray
+    seg_haus: np.ndarray
+    gt_area: np.ndarray
+    gt_dice: np.ndarray
+    gt_haus: np.ndarray
+
+
+def image_objects(s: np.ndarray, g: np.ndarray) -> ImageObjects:
+    """Match the objects of one image and measure each one against its counterpart.
+
+    A segmented object's counterpart is the ground-truth object it overlaps most (and the other
+    way round); it is a true positive when the overlap is MORE than half of that ground-truth
+    object (the official code's ``> 0.5``; a gland split exactly in half by two segments has no
+    true positive, and no two segments can both cover more than half of one gland).  An object
+    that overlaps nothing has Dice 0 and is paired, for Hausdorff, with the nearest object of
+    the other side in its image.
+    """
+    s, g, ns, ng = _relabelled(s, g)
+    area_s, area_g = _counts(s, ns)[1:].astype(float), _counts(g, ng)[1:].astype(float)
+    ov = _overlaps(s, g, ns, ng)[1:, 1:]  # (ns, ng)
+    best_g = np.where(ov.max(1, initial=0) > 0, ov.argmax(1) if ng else 0, -1)
+    best_s = np.where(ov.max(0, initial=0) > 0, ov.argmax(0) if ns else 0, -1)
+    rows = np.arange(ns)
+    tp = int(sum(1 for j in rows if best_g[j] >= 0 and ov[j, best_g[j]] > 0.5 * area_g[best_g[j]]))
+
+    def dice(inter: float, a: float, b: float) -> float:
+        return 2.0 * inter / (a + b)
+
+    seg_dice = np.array([dice(ov[j, best_g[j]], area_s[j], area_g[best_g[j]]) if best_g[j] >= 0 else 0.0
+                         for j in rows], dtype=float)
+    gt_dice = np.array([dice(ov[best_s[i], i], area_s[best_s[i]], area_g[i]) if best_s[i] >= 0 else 0.0
+                        for i in range(ng)], dtype=float)
+    cache: dict[tuple[int, int], float] = {}
+
+    def dist(j: int, i: int) -> float:  # segmented j, ground truth i
+        if (j, i) not in cache:
+            cache[(j, i)] = hausdorff(s == j + 1, g == i + 1)
+        return cache[(j, i)]
+
+    seg_haus = np.array([dist(j, best_g[j]) if best_g[j] >= 0 else
+                         (min(dist(j, i) for i in range(ng)) if ng else math.nan) for j in rows], dtype=float)
+    gt_haus = np.array([dist(best_s[i], i) if best_s[i] >= 0 else
+                        (min(dist(j, i) for j in rows) if ns else math.nan) for i in range(ng)], dtype=float)
+    return ImageObjects(tuple(s.shape), tp, ns - tp, ng - tp, area_s, seg_dice, seg_haus, area_g, gt_dice, gt_haus)
+
+
+def _two_way(seg_area, seg_vals, gt_area, gt_vals) -> float:
+    """The challenge's 1/2 [sum_i gamma_i x_i + sum_j sigma_j x_j], weights = area / side's total."""
+    return 0.5 * (float(seg_area @ seg_vals) / seg_area.sum() + float(gt_area @ gt_vals) / gt_area.sum())
+
+
+def image_scores(o: ImageObjects) -> dict[str, float]:
+    """One image's F1, object Dice and object Hausdorff (its own objects, its own weights).
+
+    Both sides empty: F1 = Dice = 1, Hausdorff 0; one side empty: F1 = Dice = 0 and Hausdorff =
+    the image diagonal (the official code returns infinity, which would make any mean infinite)."""
+    f1 = f1_from_counts(o.tp, o.fp, o.fn)
+    ns, ng = o.seg_area.size, o.gt_area.size
+    if ns == 0 and ng == 0:
+        return {"f1": f1, "object_dice": 1.0, "object_hausdorff": 0.0}
+    if ns == 0 or ng == 0:
+        return {"f1": f1, "object_dice": 0.0, "object_hausdorff": float(math.hypot(*o.shape))}
+    return {"f1": f1, "object_dice": _two_way(o.seg_area, o.seg_dice, o.gt_area, o.gt_dice),
+            "object_hausdorff": _two_way(o.seg_area, o.seg_haus, o.gt_area, o.gt_haus)}
+
+
 def object_f1_counts(s: np.ndarray, g: np.ndarray) -> tuple[int, int, int]:
     """(TP, FP, FN) of the challenge's object-level detection rule for one image."""
-    s, g = relabel(s), relabel(g)
-    ns, ng = int(s.max()), int(g.max())
-    if ns == 0 or ng == 0:
-        return 0, ns, ng
-    ov = _overlaps(s, g, ns, ng)[1:, 1:]  # (ns, ng)
-    area_g = _counts(g, ng)[1:]
-    matched = np.zeros(ng, dtype=bool)
-    tp = 0
-    for j in range(ns):
-        if ov[j].max() == 0:
-            continue
-        i = int(ov[j].argmax())
-        if not matched[i] and ov[j, i] >= 0.5 * area_g[i]:
-            matched[i] = True
-            tp += 1
-    return tp, ns - tp, ng - tp
+    o = image_objects(s, g)
+    return o.tp, o.fp, o.fn
 
 
 def f1_from_counts(tp: int, fp: int, fn: int) -> float:
@@ -120,73 +187,17 @@ def object_f1(s: np.ndarray, g: np.ndarray) -> float:
 def _relabelled(s: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Both label maps renumbered 1..n, with their object counts."""
     s, g = relabel(s), relabel(g)
-    return s, g, int(s.max()), int(g.max())
-
-
-def _object_overlaps(s: np.ndarray, g: np.ndarray, ns: int, ng: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixel overlaps between every predicted and ground-truth object, and each object's area."""
-    return _overlaps(s, g, ns, ng)[1:, 1:], _counts(s, ns)[1:], _counts(g, ng)[1:]
+    return s, g, int(s.max(initial=0)), int(g.max(initial=0))
 
 
 def object_dice(s: np.ndarray, g: np.ndarray) -> float:
     """The challenge's weighted object-level Dice of one image."""
-    s, g, ns, ng = _relabelled(s, g)
-    if ns == 0 and ng == 0:
-        return 1.0
-    if ns == 0 or ng == 0:
-        return 0.0
-    ov, area_s, area_g = _object_overlaps(s, g, ns, ng)
-
-    def side(ov_rows: np.ndarray, area_self: np.ndarray, area_other: np.ndarray) -> float:
-        total = 0.0
-        for k in range(ov_rows.shape[0]):
-            best = int(ov_rows[k].argmax())
-            inter = ov_rows[k, best]
-            dice = 2.0 * inter / (area_self[k] + area_other[best]) if inter > 0 else 0.0
-            total += area_self[k] / area_self.sum() * dice
-        return total
-
-    return 0.5 * (side(ov.T, area_g, area_s) + side(ov, area_s, area_g))
+    return image_scores(image_objects(s, g))["object_dice"]
 
 
 def object_hausdorff(s: np.ndarray, g: np.ndarray) -> float:
     """The challenge's weighted object-level Hausdorff distance of one image (pixels)."""
-    s, g, ns, ng = _relabelled(s, g)
-    if ns == 0 and ng == 0:
-        return 0.0
-    if ns == 0 or ng == 0:
-        return float(math.hypot(*s.shape))
-    ov, area_s, area_g = _object_overlaps(s, g, ns, ng)
-    s_masks = [None] * ns
-    g_masks = [None] * ng
-    cache: dict[tuple[int, int], float] = {}
-
-    def mask(which: str, k: int) -> np.ndarray:
-        store, lab = (s_masks, s) if which == "s" else (g_masks, g)
-        if store[k] is None:
-            store[k] = lab == k + 1
-        return store[k]
-
-    def dist(j: int, i: int) -> float:  # segmented j, ground truth i
-        if (j, i) not in cache:
-            cache[(j, i)] = hausdorff(mask("s", j), mask("g", i))
-        return cache[(j, i)]
-
-    seg_side = 0.0
-    for j in range(ns):
-        if ov[j].max() > 0:
-            h = dist(j, int(ov[j].argmax()))
-        else:
-            h = min(dist(j, i) for i in range(ng))
-        seg_side += area_s[j] / area_s.sum() * h
-    gt_side = 0.0
-    for i in range(ng):
-        if ov[:, i].max() > 0:
-            h = dist(int(ov[:, i].argmax()), i)
-        else:
-            h = min(dist(j, i) for j in range(ns))
-        gt_side += area_g[i] / area_g.sum() * h
-    return 0.5 * (seg_side + gt_side)
+    return image_scores(image_objects(s, g))["object_hausdorff"]
 
 
 def pixel_scores(s: np.ndarray, g: np.ndarray) -> tuple[float, float]:
@@ -201,11 +212,112 @@ def pixel_scores(s: np.ndarray, g: np.ndarray) -> tuple[float, float]:
 
 def glas_metrics(s: np.ndarray, g: np.ndarray) -> dict[str, float]:
     """Every per-image metric of one (segmentation, ground truth) pair of instance maps."""
-    tp, fp, fn = object_f1_counts(s, g)
+    o = image_objects(s, g)
     pdice, piou = pixel_scores(s, g)
-    return {"f1": f1_from_counts(tp, fp, fn), "object_dice": float(object_dice(s, g)),
-            "object_hausdorff": float(object_hausdorff(s, g)), "pixel_dice": pdice, "pixel_iou": piou,
-            "tp": tp, "fp": fp, "fn": fn}
+    return {**image_scores(o), "pixel_dice": pdice, "pixel_iou": piou, "tp": o.tp, "fp": o.fp, "fn": o.fn}
+
+
+def _padded(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape, dtype=bool)
+    out[: mask.shape[0], : mask.shape[1]] = mask
+    return out
+
+
+def _extent(mask: np.ndarray) -> np.ndarray:
+    r0, r1, c0, c1 = _bbox(mask)
+    return np.array([r0, r1 - 1, c0, c1 - 1])
+
+
+def _nearest_in_set(mask: np.ndarray, others: list[np.ndarray], extents: np.ndarray) -> float:
+    """Hausdorff distance from ``mask`` to the nearest of ``others`` (masks of other images,
+    compared in one pixel frame: each image's own coordinates from its top-left corner).
+
+    Exact, with pruning: the Hausdorff distance is at least the largest difference of the two
+    objects' extreme rows/columns (the extreme pixel of one is that far from every pixel of the
+    other), so candidates are visited by that bound and the search stops once it reaches the
+    best distance found."""
+    bound = np.abs(extents - _extent(mask)[None, :]).max(axis=1)
+    best = math.inf
+    for k in np.argsort(bound, kind="stable"):
+        if bound[k] >= best:
+            break
+        other = others[k]
+        shape = (max(mask.shape[0], other.shape[0]), max(mask.shape[1], other.shape[1]))
+        best = min(best, hausdorff(_padded(mask, shape), _padded(other, shape)))
+    return best
+
+
+def glas_set_metrics(predictions: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, float]:
+    """The GlaS challenge's object-level metrics over a whole test set, and per-image means.
+
+    ``predictions`` and ``truths`` are equal-length lists of instance label maps (0 =
+    background).  The challenge defines its metrics over the set: G and S are all ground-truth
+    and all segmented objects of all images, so
+
+    * ``f1`` = 2 TP / (2 TP + FP + FN) with TP, FP, FN summed over the images;
+    * ``object_dice`` / ``object_hausdorff`` = 1/2 [sum_i gamma_i x(G_i) + sum_j sigma_j x(S_j)]
+      with gamma_i = |G_i| / (total area of all ground-truth objects in the set), sigma_j
+      likewise over all segmented objects; each object is matched inside its own image.
+
+    An image with objects on one side only: its objects have Dice 0, and for Hausdorff each is
+    compared with its nearest object of the other side in the set (the objects of the other
+    images, all in one pixel frame), as the official rule pairs an unmatched object with its
+    nearest object.  When a whole side of the set is empty there is nothing to compare with:
+    F1 = Dice = 0 and Hausdorff = the diagonal of the largest image (the official code would give
+    infinity); both sides empty gives F1 = Dice = 1, Hausdorff 0.  No value is ever NaN.
+
+    ``f1_image_mean``, ``object_dice_image_mean``, ``object_hausdorff_image_mean``: the same
+    scores per image (each with its own objects and weights, :func:`image_scores`) averaged over
+    the images; ``pixel_dice``, ``pixel_iou``: per-image foreground pixel scores, averaged.
+    """
+    if len(predictions) != len(truths):
+        raise ValueError(f"{len(predictions)} predictions for {len(truths)} ground truths")
+    images = [image_objects(s, g) for s, g in zip(predictions, truths)]
+    n = max(len(images), 1)
+    out: dict[str, float] = {}
+    per_image = [image_scores(o) for o in images]
+    for key in ("f1", "object_dice", "object_hausdorff"):
+        out[f"{key}_image_mean"] = float(sum(p[key] for p in per_image) / n)
+    pixels = [pixel_scores(s, g) for s, g in zip(predictions, truths)]
+    out["pixel_dice"] = float(sum(p[0] for p in pixels) / n)
+    out["pixel_iou"] = float(sum(p[1] for p in pixels) / n)
+
+    tp, fp, fn = (sum(getattr(o, k) for o in images) for k in ("tp", "fp", "fn"))
+    out["f1"] = f1_from_counts(tp, fp, fn)
+    seg_area = np.concatenate([o.seg_area for o in images] or [np.zeros(0)])
+    gt_area = np.concatenate([o.gt_area for o in images] or [np.zeros(0)])
+    if seg_area.size == 0 or gt_area.size == 0:
+        empty = seg_area.size == 0 and gt_area.size == 0
+        diagonal = math.hypot(max((o.shape[0] for o in images), default=0), max((o.shape[1] for o in images), default=0))
+        out["object_dice"] = 1.0 if empty else 0.0
+        out["object_hausdorff"] = 0.0 if empty else float(diagonal)
+        return out
+    seg_dice = np.concatenate([o.seg_dice for o in images])
+    gt_dice = np.concatenate([o.gt_dice for o in images])
+    out["object_dice"] = float(_two_way(seg_area, seg_dice, gt_area, gt_dice))
+
+    def masks(maps: list[np.ndarray]) -> list[np.ndarray]:
+        labelled = [relabel(m) for m in maps]
+        return [lab == v for lab in labelled for v in range(1, int(lab.max(initial=0)) + 1)]
+
+    def resolved(side: str) -> np.ndarray:
+        """Each image's ``side`` Hausdorff terms, images without the other side filled in."""
+        mine, theirs = (predictions, truths) if side == "seg" else (truths, predictions)
+        others: list[np.ndarray] | None = None  # every object of the other side, built once
+        parts = []
+        for k, o in enumerate(images):
+            haus = getattr(o, f"{side}_haus")
+            if np.isnan(haus).any():  # this image has no object of the other side
+                if others is None:
+                    others = masks(theirs)
+                    extents = np.array([_extent(m) for m in others])
+                lab = relabel(mine[k])
+                haus = np.array([_nearest_in_set(lab == v + 1, others, extents) for v in range(haus.size)])
+            parts.append(haus)
+        return np.concatenate(parts)
+
+    out["object_hausdorff"] = float(_two_way(seg_area, resolved("seg"), gt_area, resolved("gt")))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,6 +412,12 @@ def sliding_window(model, x: torch.Tensor, window: int, overlap: float = 0.25) -
     return out / cnt
 
 
+def _compact(labels: np.ndarray) -> np.ndarray:
+    """A relabelled map in the smallest integer type that holds it (a split's maps are kept
+    until the set metrics are computed)."""
+    return labels.astype(np.uint16) if labels.max(initial=0) < 2**16 else labels
+
+
 class Segmentation(Task):
     """Semantic training (cross-entropy + optional Dice), instance evaluation with GlaS metrics.
 
@@ -351,11 +469,11 @@ class Segmentation(Task):
 
     @torch.no_grad()
     def evaluate(self, model, batches: Iterable[Any], device) -> dict[str, float]:
-        sums: dict[str, float] = {}
-        n_images = 0
+        """Loss per pixel, and the GlaS metrics of the whole split (:func:`glas_set_metrics`)."""
+        predictions: list[np.ndarray] = []
+        truths: list[np.ndarray] = []
         loss_sum = 0.0
         n_pixels = 0
-        tp = fp = fn = 0
         for batch in batches:
             x, y = batch["image"], batch["target"]
             for lo in range(0, x.shape[0], self.eval_chunk):
@@ -371,18 +489,12 @@ class Segmentation(Task):
                     lg = logits[k, :, :h, :w]
                     if (oh, ow) != (h, w):
                         lg = F.interpolate(lg[None], size=(oh, ow), mode="bilinear", align_corners=False)[0]
-                    pred = self.instances(lg)
-                    gt = batch["instances"][b, :oh, :ow].numpy()
-                    m = glas_metrics(pred, gt)
-                    tp, fp, fn = tp + m.pop("tp"), fp + m.pop("fp"), fn + m.pop("fn")
-                    for key, v in m.items():
-                        sums[key] = sums.get(key, 0.0) + v
-                    n_images += 1
-        out = {k: v / max(n_images, 1) for k, v in sums.items()}
-        out["f1_pooled"] = f1_from_counts(tp, fp, fn)
+                    predictions.append(_compact(self.instances(lg)))
+                    truths.append(_compact(relabel(batch["instances"][b, :oh, :ow].numpy())))
+        out = glas_set_metrics(predictions, truths)
         out["loss"] = loss_sum / max(n_pixels, 1)
         return out
 
 
-__all__ = ["Segmentation", "glas_metrics", "object_f1", "object_dice", "object_hausdorff", "hausdorff",
+__all__ = ["Segmentation", "glas_metrics", "glas_set_metrics", "image_objects", "image_scores", "object_f1", "object_dice", "object_hausdorff", "hausdorff",
            "pixel_scores", "to_instances", "IGNORE"]
