@@ -293,7 +293,7 @@ def _table_lines(table: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]
 
 def _direction_text(c: dict[str, Any]) -> str:
     if c["direction"] == "equal":
-        return f"|A − B| ≤ {c['margin']:g}"
+        return f"A ≈ B (within ±{c['margin']:g})"  # no "|": it would split a markdown table cell
     return "A > B" if c["direction"] == "greater" else "A < B"
 
 
