@@ -14,7 +14,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,30 @@ class Dist:
                    int(os.environ.get("LOCAL_RANK", 0)))
 
 
+@dataclass
+class _FitState:
+    """What the phases of one ``Trainer.fit`` share.  ``progress`` is the part a checkpoint
+    stores (its keys, in this order, are the checkpoint's), the rest is rebuilt on resume."""
+    model: nn.Module
+    train_model: nn.Module  # the model, DDP-wrapped and compiled as configured
+    bundle: DataBundle
+    handle: QuantHandle | None
+    sampler: ResumableSampler
+    plan: list[int]  # epochs per stage
+    flat: list[tuple[int, int]]  # (stage, epoch in stage) of every epoch
+    steps_per_epoch: int
+    amp: bool
+    scaler: torch.amp.GradScaler
+    progress: dict[str, Any] = field(default_factory=lambda: {
+        "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None,
+        "history": [], "stage": 0, "epoch_loss_sum": 0.0, "epoch_count": 0})
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    loss_sum: Any = 0.0  # running loss of the current epoch (a tensor on the device)
+    count: int = 0
+    old_handlers: dict[int, Any] = field(default_factory=dict)  # the signal handlers fit replaced
+
+
 class Trainer:
     def __init__(self, cfg: Any, run_dir: str | Path, seed: int, dist: Dist | None = None,
                  fingerprint: dict[str, Any] | None = None):
@@ -246,8 +270,27 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------
     def fit(self, model: nn.Module, bundle: DataBundle, handle: QuantHandle | None,
             hparams: dict[str, Any] | None = None) -> dict[str, Any]:
-        cfg, task = self.cfg, bundle.task
-        self.logger = Logger(self.run_dir, enabled=self.dist.is_main, progress=cfg.progress)
+        """Train every epoch of the stage plan (none: post-training quantization), continuing a
+        checkpoint when there is one, and return the history with the test metrics."""
+        self.logger = Logger(self.run_dir, enabled=self.dist.is_main, progress=self.cfg.progress)
+        st = self._prepare(model, bundle, handle)
+        self._restore(st)
+        st.old_handlers = self._catch_signals()
+        t0 = time.time()
+        try:
+            model.train()
+            for gi in range(st.progress["epoch"], len(st.flat)):
+                self._enter_stage(st, st.flat[gi][0])
+                self._train_epoch(st, gi)
+                self._end_epoch(st, gi)
+        finally:
+            for sig, h in st.old_handlers.items():
+                signal.signal(sig, h)
+        return self._finish(st, time.time() - t0, hparams)
+
+    def _prepare(self, model: nn.Module, bundle: DataBundle, handle: QuantHandle | None) -> _FitState:
+        """Model on its device (DDP-wrapped, compiled), the sampler and the stage plan."""
+        cfg = self.cfg
         model.to(self.device)
         if cfg.channels_last and self.device.type == "cuda":
             model.to(memory_format=torch.channels_last)
@@ -264,213 +307,243 @@ class Trainer:
         sampler = ResumableSampler(len(bundle.train), self.seed, shuffle=True, rank=self.dist.rank,
                                    world_size=self.dist.world_size)
         plan = stage_epochs(handle, cfg.epochs)
-        flat = [(s, e) for s, n in enumerate(plan) for e in range(n)]
         steps_per_epoch = math.ceil(len(sampler) / self.batch_size)
         if cfg.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
         amp = cfg.amp and self.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        return _FitState(model=model, train_model=train_model, bundle=bundle, handle=handle, sampler=sampler,
+                         plan=plan, flat=[(s, e) for s, n in enumerate(plan) for e in range(n)],
+                         steps_per_epoch=steps_per_epoch, amp=amp,
+                         scaler=torch.amp.GradScaler("cuda", enabled=amp))
 
-        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None,
-                 "history": [], "stage": 0, "epoch_loss_sum": 0.0, "epoch_count": 0}
-        optimizer = scheduler = None
+    def _new_optimizer(self, st: _FitState, stage_idx: int):
+        cfg, steps_per_epoch, n_ep = self.cfg, st.steps_per_epoch, st.plan[stage_idx]
+        opt = make_optimizer(cfg, st.model)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch, n_ep))
+        return opt, sched
 
-        def new_optimizer(stage_idx: int):
-            opt = make_optimizer(cfg, model)
-            n_ep = plan[stage_idx]
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch, n_ep))
-            return opt, sched
-
-        if not plan and handle is not None:
-            handle.set_stage(len(handle.stages) - 1)  # post-training: the final stage, everything quantized
-        resumed = None
-        if plan:
-            resumed = self.resume_state if self.resume_state is not None else self.prepare_resume()
-        if resumed is not None and "optimizer" not in resumed:  # a post-training run's checkpoint
+    def _restore(self, st: _FitState) -> None:
+        """Continue from the checkpoint ``trainer.resume`` names; post-training (no epochs) starts
+        in the final stage, everything quantized."""
+        if not st.plan:
+            if st.handle is not None:
+                st.handle.set_stage(len(st.handle.stages) - 1)
+            return
+        resumed = self.resume_state if self.resume_state is not None else self.prepare_resume()
+        if resumed is None:
+            return
+        if "optimizer" not in resumed:  # a post-training run's checkpoint
             log.info("%s holds no training state; training starts from the initial weights", resumed["_path"])
-            resumed = None
-        if resumed is not None:
-            try:
-                state.update({k: resumed[k] for k in state})
-                if handle is not None:
-                    handle.set_stage(state["stage"])
-                model.load_state_dict(resumed["model"])
-                optimizer, scheduler = new_optimizer(state["stage"])
-                optimizer.load_state_dict(resumed["optimizer"])
-                scheduler.load_state_dict(resumed["scheduler"])
-                scaler.load_state_dict(resumed["scaler"])
-                set_rng_state(resumed["rng"])
-            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
-                raise QexpError(f"checkpoint {resumed['_path']} does not fit this run "
-                                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
-                                f"use trainer.resume=never to start over in a fresh sub-folder") from None
-            log.info("resumed from %s at epoch %d step %d", resumed["_path"], state["epoch"], state["step_in_epoch"])
-            self._status(epoch=state["epoch"], step=state["global_step"], stage=state["stage"], resumed=True)
+            return
+        state = st.progress
+        try:
+            state.update({k: resumed[k] for k in state})
+            if st.handle is not None:
+                st.handle.set_stage(state["stage"])
+            st.model.load_state_dict(resumed["model"])
+            st.optimizer, st.scheduler = self._new_optimizer(st, state["stage"])
+            st.optimizer.load_state_dict(resumed["optimizer"])
+            st.scheduler.load_state_dict(resumed["scheduler"])
+            st.scaler.load_state_dict(resumed["scaler"])
+            set_rng_state(resumed["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise QexpError(f"checkpoint {resumed['_path']} does not fit this run "
+                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                            f"use trainer.resume=never to start over in a fresh sub-folder") from None
+        log.info("resumed from %s at epoch %d step %d", resumed["_path"], state["epoch"], state["step_in_epoch"])
+        self._status(epoch=state["epoch"], step=state["global_step"], stage=state["stage"], resumed=True)
 
-        def checkpoint_state() -> dict[str, Any]:
-            return {
-                **state,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rng_state(),
-                "plan": plan,
-                "fingerprint": self.fingerprint,
-            }
-
-        def save():
-            state["epoch_loss_sum"], state["epoch_count"] = float(loss_sum), count
-            if self.dist.is_main:
-                ckpt.rotate_and_save(self.ckpt_dir, checkpoint_state())
-
-        old_handlers = {}
-        if cfg.handle_signals:
+    def _catch_signals(self) -> dict[int, Any]:
+        """Route stop signals to ``_on_signal``; returns the handlers they replace."""
+        old_handlers: dict[int, Any] = {}
+        if self.cfg.handle_signals:
             # SIGTERM: SLURM preemption / scancel; SIGUSR1/2: time limit warnings (submitit: USR2)
             for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
                 try:
                     old_handlers[sig] = signal.signal(sig, self._on_signal)
                 except ValueError:  # not in the main thread
                     break
-        t0 = time.time()
-        try:
-            model.train()
-            for gi in range(state["epoch"], len(flat)):
-                stage_idx, _ = flat[gi]
-                if optimizer is None or stage_idx != state["stage"]:
-                    if handle is not None and (stage_idx != state["stage"] or optimizer is None):
-                        handle.set_stage(stage_idx)
-                    if optimizer is None or cfg.restart_lr_per_stage:
-                        optimizer, scheduler = new_optimizer(stage_idx)
-                    state["stage"] = stage_idx
-                start = state["step_in_epoch"]
-                sampler.set_epoch(gi, start * self.batch_size)
-                loader = self._loader(bundle.train, bundle, train=True, sampler=sampler, epoch=gi)
-                total = steps_per_epoch - start
-                bar = self.logger.bar(loader, total=total, desc=f"epoch {gi + 1}/{len(flat)}")
-                # running loss of this epoch (restored when resuming mid-epoch)
-                loss_sum = torch.tensor(state["epoch_loss_sum"] if start else 0.0, dtype=torch.float64,
-                                        device=self.device)
-                count = state["epoch_count"] if start else 0
-                for i, batch in enumerate(bar):
-                    if i >= total:
-                        break
-                    batch = to_device(batch, self.device)
-                    # cached(): each quantized weight is computed once per forward, however often
-                    # the model reads it (nn.LSTM/GRU read every weight twice per call)
-                    with torch.autocast(self.device.type, enabled=amp), parametrize.cached():
-                        loss, n = task.loss(train_model, batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if cfg.grad_clip > 0:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    loss_sum += loss.detach() * n
-                    count += n
-                    state["global_step"] += 1
-                    state["step_in_epoch"] += 1
-                    gs = state["global_step"]
-                    if gs % cfg.log_every == 0 or i == total - 1:
-                        value = loss.item()
-                        if not math.isfinite(value):
-                            layer = first_nonfinite_param(model)
-                            where = f"weights of layer {layer} are non-finite" if layer else "weights are finite"
-                            raise NumericalError(
-                                f"loss became {value} by step {gs} (epoch {gi + 1}); {where}; "
-                                f"lower trainer.lr or enable trainer.grad_clip (last good checkpoint kept)"
-                            )
-                        bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                        self.logger.scalars({"train/loss": value, "train/lr": scheduler.get_last_lr()[0]}, gs)
-                    if cfg.checkpoint_every_steps and gs % cfg.checkpoint_every_steps == 0:
-                        save()
-                        self._status(epoch=gi + 1, step=gs, stage=stage_idx)
-                    if self._stop_requested(gs):
-                        save()
-                        self._status(epoch=gi + 1, step=gs, stage=stage_idx, preempted=self._stop_signal)
-                        previous = old_handlers.get(self._stop_signal)
-                        if callable(previous):  # e.g. submitit's handler: requeue the job, then exit
-                            try:
-                                previous(self._stop_signal, None)
-                            except SystemExit as exc:
-                                raise Requeued(exc.code) from None
-                        raise Preempted(f"received signal {self._stop_signal or '(on another rank)'} at step {gs}; "
-                                        f"checkpoint saved")
-                bar.close()
-                # end of epoch: evaluate, log, checkpoint
-                mean_loss = loss_sum / max(count, 1)
-                if self.dist.world_size > 1:  # every rank saw an equal share: average the ranks' means
-                    torch.distributed.all_reduce(mean_loss)
-                    mean_loss = mean_loss / self.dist.world_size
-                train_loss = mean_loss.item()
-                if not math.isfinite(train_loss):
-                    layer = first_nonfinite_param(model)
-                    raise NumericalError(f"loss became {train_loss} in epoch {gi + 1}"
-                                         + (f"; weights of layer {layer} are non-finite" if layer else "")
-                                         + "; lower trainer.lr or enable trainer.grad_clip")
-                entry = {"epoch": gi + 1, "stage": stage_idx, "train_loss": train_loss,
-                         "lr": scheduler.get_last_lr()[0]}
-                if self.dist.is_main:
-                    val = self._evaluate(model, bundle, bundle.val)
-                    entry.update({f"val_{k}": v for k, v in val.items()})
-                    self.logger.scalars({f"val/{k}": v for k, v in val.items()} | {"train/epoch_loss": train_loss},
-                                        state["global_step"])
-                    metric = val[task.metric]
-                    if state["best_metric"] is None or task.better(metric, state["best_metric"]):
-                        # the best checkpoint is taken from the last stage only: earlier stages
-                        # are not fully quantized yet
-                        if stage_idx == len(plan) - 1:
-                            state["best_metric"], state["best_epoch"] = metric, gi + 1
-                            ckpt.save_checkpoint(self.ckpt_dir / "best.pt",
-                                                 {"model": model.state_dict(), "epoch": gi + 1, "val": val,
-                                                  "fingerprint": self.fingerprint})
-                    log.info("epoch %d/%d stage %d  loss %.4f  val %s %.4f", gi + 1, len(flat), stage_idx,
-                             train_loss, task.metric, metric)
-                state["history"].append(entry)
-                state["epoch"] = gi + 1
-                state["step_in_epoch"] = 0
-                loss_sum, count = torch.zeros((), dtype=torch.float64), 0
-                save()
-                self._status(epoch=gi + 1, step=state["global_step"], stage=stage_idx)
-                if self.dist.world_size > 1:
-                    torch.distributed.barrier()
-        finally:
-            for sig, h in old_handlers.items():
-                signal.signal(sig, h)
-        train_s = time.time() - t0
+        return old_handlers
 
-        result: dict[str, Any] = {"history": state["history"], "epochs": len(flat), "steps": state["global_step"],
-                                  "plan": plan, "train_s": train_s}
+    def _enter_stage(self, st: _FitState, stage_idx: int) -> None:
+        """Switch the quantizer to the epoch's stage; a new optimizer for the first stage trained
+        (and for every stage with ``restart_lr_per_stage``)."""
+        if st.optimizer is None or stage_idx != st.progress["stage"]:
+            if st.handle is not None:
+                st.handle.set_stage(stage_idx)
+            if st.optimizer is None or self.cfg.restart_lr_per_stage:
+                st.optimizer, st.scheduler = self._new_optimizer(st, stage_idx)
+            st.progress["stage"] = stage_idx
+
+    def _checkpoint(self, st: _FitState) -> dict[str, Any]:
+        return {
+            **st.progress,
+            "model": st.model.state_dict(),
+            "optimizer": st.optimizer.state_dict(),
+            "scheduler": st.scheduler.state_dict(),
+            "scaler": st.scaler.state_dict(),
+            "rng": rng_state(),
+            "plan": st.plan,
+            "fingerprint": self.fingerprint,
+        }
+
+    def _save(self, st: _FitState) -> None:
+        st.progress["epoch_loss_sum"], st.progress["epoch_count"] = float(st.loss_sum), st.count
         if self.dist.is_main:
-            result["final"] = self.evaluate_tests(model, bundle)
-            result["final_val"] = self._evaluate(model, bundle, bundle.val)
-            best_path = self.ckpt_dir / "best.pt"
-            best = self._load_best(model) if plan else None
-            if not plan:  # post-training quantization: the quantized model is the run's checkpoint
-                done = {"model": model.state_dict(), "epoch": 0, "global_step": 0, "plan": [],
-                        "val": result["final_val"], "fingerprint": self.fingerprint}
-                ckpt.rotate_and_save(self.ckpt_dir, done)
-                ckpt.save_checkpoint(best_path, done)
-                result["best"], result["best_epoch"] = dict(result["final"]), 0
-            elif best is not None:
-                last_state = {k: v.clone() for k, v in model.state_dict().items()}
-                model.load_state_dict(best)
-                result["best"] = self.evaluate_tests(model, bundle)
-                result["best_epoch"] = state["best_epoch"]
-                # the packed size of the model these metrics come from (clip_svd's energy rank and
-                # SQ's float rows depend on the weights, so it can differ from the final model's)
-                result["best_memory"] = measure_memory(model, handle)
-                model.load_state_dict(last_state)
-            else:
-                result["best"], result["best_epoch"] = dict(result["final"]), len(flat)
-            result.setdefault("best_memory", None)  # None: the final model's, the record's ``memory``
+            ckpt.rotate_and_save(self.ckpt_dir, self._checkpoint(st))
+
+    def _train_epoch(self, st: _FitState, gi: int) -> None:
+        """The steps of epoch ``gi`` (from the sampler position when resuming mid-epoch), with
+        periodic checkpoints and a checkpoint-and-stop when a stop signal arrives."""
+        cfg, state, stage_idx = self.cfg, st.progress, st.flat[gi][0]
+        start = state["step_in_epoch"]
+        st.sampler.set_epoch(gi, start * self.batch_size)
+        loader = self._loader(st.bundle.train, st.bundle, train=True, sampler=st.sampler, epoch=gi)
+        total = st.steps_per_epoch - start
+        bar = self.logger.bar(loader, total=total, desc=f"epoch {gi + 1}/{len(st.flat)}")
+        # running loss of this epoch (restored when resuming mid-epoch)
+        st.loss_sum = torch.tensor(state["epoch_loss_sum"] if start else 0.0, dtype=torch.float64,
+                                   device=self.device)
+        st.count = state["epoch_count"] if start else 0
+        for i, batch in enumerate(bar):
+            if i >= total:
+                break
+            loss = self._train_step(st, batch)
+            gs = state["global_step"]
+            if gs % cfg.log_every == 0 or i == total - 1:
+                self._log_step(st, bar, loss, gi)
+            if cfg.checkpoint_every_steps and gs % cfg.checkpoint_every_steps == 0:
+                self._save(st)
+                self._status(epoch=gi + 1, step=gs, stage=stage_idx)
+            if self._stop_requested(gs):
+                self._stop(st, gi)
+        bar.close()
+
+    def _train_step(self, st: _FitState, batch) -> torch.Tensor:
+        cfg, optimizer = self.cfg, st.optimizer
+        batch = to_device(batch, self.device)
+        # cached(): each quantized weight is computed once per forward, however often
+        # the model reads it (nn.LSTM/GRU read every weight twice per call)
+        with torch.autocast(self.device.type, enabled=st.amp), parametrize.cached():
+            loss, n = st.bundle.task.loss(st.train_model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        st.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            st.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
+        st.scaler.step(optimizer)
+        st.scaler.update()
+        st.scheduler.step()
+        st.loss_sum += loss.detach() * n
+        st.count += n
+        st.progress["global_step"] += 1
+        st.progress["step_in_epoch"] += 1
+        return loss
+
+    def _log_step(self, st: _FitState, bar, loss: torch.Tensor, gi: int) -> None:
+        """Log the step's loss; a non-finite one ends the run (the last good checkpoint is kept)."""
+        gs, value = st.progress["global_step"], loss.item()
+        if not math.isfinite(value):
+            layer = first_nonfinite_param(st.model)
+            where = f"weights of layer {layer} are non-finite" if layer else "weights are finite"
+            raise NumericalError(
+                f"loss became {value} by step {gs} (epoch {gi + 1}); {where}; "
+                f"lower trainer.lr or enable trainer.grad_clip (last good checkpoint kept)"
+            )
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{st.scheduler.get_last_lr()[0]:.2e}")
+        self.logger.scalars({"train/loss": value, "train/lr": st.scheduler.get_last_lr()[0]}, gs)
+
+    def _stop(self, st: _FitState, gi: int) -> None:
+        """A stop signal: checkpoint, then hand over to the handler it replaced (submitit requeues
+        the job and exits: Requeued) or raise Preempted."""
+        gs = st.progress["global_step"]
+        self._save(st)
+        self._status(epoch=gi + 1, step=gs, stage=st.flat[gi][0], preempted=self._stop_signal)
+        previous = st.old_handlers.get(self._stop_signal)
+        if callable(previous):  # e.g. submitit's handler: requeue the job, then exit
+            try:
+                previous(self._stop_signal, None)
+            except SystemExit as exc:
+                raise Requeued(exc.code) from None
+        raise Preempted(f"received signal {self._stop_signal or '(on another rank)'} at step {gs}; "
+                        f"checkpoint saved")
+
+    def _end_epoch(self, st: _FitState, gi: int) -> None:
+        """Evaluate on val, keep the best checkpoint, log, checkpoint."""
+        state, stage_idx, task, model = st.progress, st.flat[gi][0], st.bundle.task, st.model
+        mean_loss = st.loss_sum / max(st.count, 1)
+        if self.dist.world_size > 1:  # every rank saw an equal share: average the ranks' means
+            torch.distributed.all_reduce(mean_loss)
+            mean_loss = mean_loss / self.dist.world_size
+        train_loss = mean_loss.item()
+        if not math.isfinite(train_loss):
+            layer = first_nonfinite_param(model)
+            raise NumericalError(f"loss became {train_loss} in epoch {gi + 1}"
+                                 + (f"; weights of layer {layer} are non-finite" if layer else "")
+                                 + "; lower trainer.lr or enable trainer.grad_clip")
+        entry = {"epoch": gi + 1, "stage": stage_idx, "train_loss": train_loss,
+                 "lr": st.scheduler.get_last_lr()[0]}
+        if self.dist.is_main:
+            val = self._evaluate(model, st.bundle, st.bundle.val)
+            entry.update({f"val_{k}": v for k, v in val.items()})
+            self.logger.scalars({f"val/{k}": v for k, v in val.items()} | {"train/epoch_loss": train_loss},
+                                state["global_step"])
+            metric = val[task.metric]
+            if state["best_metric"] is None or task.better(metric, state["best_metric"]):
+                # the best checkpoint is taken from the last stage only: earlier stages
+                # are not fully quantized yet
+                if stage_idx == len(st.plan) - 1:
+                    state["best_metric"], state["best_epoch"] = metric, gi + 1
+                    ckpt.save_checkpoint(self.ckpt_dir / "best.pt",
+                                         {"model": model.state_dict(), "epoch": gi + 1, "val": val,
+                                          "fingerprint": self.fingerprint})
+            log.info("epoch %d/%d stage %d  loss %.4f  val %s %.4f", gi + 1, len(st.flat), stage_idx,
+                     train_loss, task.metric, metric)
+        state["history"].append(entry)
+        state["epoch"] = gi + 1
+        state["step_in_epoch"] = 0
+        st.loss_sum, st.count = torch.zeros((), dtype=torch.float64), 0
+        self._save(st)
+        self._status(epoch=gi + 1, step=state["global_step"], stage=stage_idx)
+        if self.dist.world_size > 1:
+            torch.distributed.barrier()
+
+    def _finish(self, st: _FitState, train_s: float, hparams: dict[str, Any] | None) -> dict[str, Any]:
+        """Test metrics of the final and the best weights; closes the logger."""
+        state = st.progress
+        result: dict[str, Any] = {"history": state["history"], "epochs": len(st.flat), "steps": state["global_step"],
+                                  "plan": st.plan, "train_s": train_s}
+        if self.dist.is_main:
+            result["final"] = self.evaluate_tests(st.model, st.bundle)
+            result["final_val"] = self._evaluate(st.model, st.bundle, st.bundle.val)
+            result.update(self._best_results(st, result["final"], result["final_val"]))
             result["best_lost"] = self.best_lost
             self.logger.scalars({f"test/{k}": v for k, v in result["final"].items()}, state["global_step"])
             self.logger.hparams(hparams or {}, {f"test_{k}": v for k, v in result["final"].items()})
         self.logger.close()
         return result
+
+    def _best_results(self, st: _FitState, final: dict[str, float], final_val: dict[str, float]) -> dict[str, Any]:
+        """``best``, ``best_epoch`` and ``best_memory`` (None: the final model's, the record's
+        ``memory``); post-training writes the quantized model as the run's checkpoint."""
+        model = st.model
+        if not st.plan:  # post-training quantization: the quantized model is the run's checkpoint
+            done = {"model": model.state_dict(), "epoch": 0, "global_step": 0, "plan": [],
+                    "val": final_val, "fingerprint": self.fingerprint}
+            ckpt.rotate_and_save(self.ckpt_dir, done)
+            ckpt.save_checkpoint(self.ckpt_dir / "best.pt", done)
+            return {"best": dict(final), "best_epoch": 0, "best_memory": None}
+        best = self._load_best(model)
+        if best is None:
+            return {"best": dict(final), "best_epoch": len(st.flat), "best_memory": None}
+        last_state = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(best)
+        out = {"best": self.evaluate_tests(model, st.bundle), "best_epoch": st.progress["best_epoch"],
+               # the packed size of the model these metrics come from (clip_svd's energy rank and
+               # SQ's float rows depend on the weights, so it can differ from the final model's)
+               "best_memory": measure_memory(model, st.handle)}
+        model.load_state_dict(last_state)
+        return out
 
     def _load_best(self, model: nn.Module) -> dict[str, Any] | None:
         """``best.pt``'s weights, or None (falling back to the last weights, with a warning and
