@@ -43,3 +43,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """An in-process ``qexp train`` lets Hydra configure logging with handlers bound to this test's
+    captured streams, which pytest closes afterwards; put every logger's own handlers back so a
+    later test does not log into a closed stream (it did: 'Logging error ... I/O operation on
+    closed file').  pytest's capture handlers come and go per test phase: left to pytest."""
+    import logging
+
+    def loggers():
+        return [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger))]
+
+    def pytests(handlers):
+        return [h for h in handlers if type(h).__module__.startswith("_pytest")]
+
+    saved = {lg: ([h for h in lg.handlers if h not in pytests(lg.handlers)], lg.level, lg.propagate, lg.disabled)
+             for lg in loggers()}
+    yield
+    for lg in loggers():
+        handlers, level, propagate, disabled = saved.get(lg, ([], logging.NOTSET, True, False))
+        lg.handlers[:] = handlers + pytests(lg.handlers)
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
