@@ -436,9 +436,27 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> list[DictCo
             raise explain_compose_error(exc, job) from None
         check_added_keys(job)
         validate(cfg)
+        check_dataset_root(cfg, cache)
         check_model_level(cfg, cache)
         configs.append(cfg)
     return configs
+
+
+def check_dataset_root(cfg: DictConfig, cache: dict[Any, Any]) -> None:
+    """A ``dataset.root`` that does not exist fails before any run folder does, with the
+    dataset's own message (which says what to install or put where): its loader looks at the
+    root first, so building it costs nothing when the root is missing."""
+    root = cfg.dataset.get("root") if "root" in cfg.dataset else None
+    if not isinstance(root, str) or not root or Path(root).expanduser().exists():
+        return
+    key = ("dataset-root", cfg.dataset.get("_target_"), root)
+    if key in cache:
+        return
+    cache[key] = True
+    from qexp.run import build_data
+
+    build_data(cfg)  # raises the loader's one-line QexpError
+    raise QexpError(f"dataset.root={root}: no such folder")
 
 
 def _accepts(target: str, name: str) -> bool:
