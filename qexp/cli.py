@@ -125,6 +125,9 @@ def cmd_tables(argv: list[str]) -> None:
         runs = args.runs if args.runs is not None else {tier: f"runs/{tier}/{key}" for tier in TIERS}
         written = make_tables(key, runs, args.out, tuple(args.format or ("md", "csv", "latex")))
         print(f"{key}: " + ", ".join(str(p) for p in written.values()))
+    from qexp.report.readme import refresh_project_readme
+
+    refresh_project_readme(args.out)
 
 
 def cmd_reproduce(argv: list[str]) -> None:

@@ -73,6 +73,10 @@ def run_mini(papers: list[str], runs: str | Path, out_dir: str | Path, dry_run: 
             folders = {t: Path("runs") / t / key for t in TIERS} | {tier: runs / key}
             written = make_tables(key, folders, out_dir, formats=("md", "csv", "latex"))
             print(f"[{key}] tables: {', '.join(str(p) for p in written.values())}", flush=True)
+    if not dry_run:
+        from qexp.report.readme import refresh_project_readme
+
+        refresh_project_readme(out_dir)
 
 
 def main(argv: list[str]) -> None:
