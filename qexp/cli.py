@@ -7,7 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from qexp.errors import QexpError
+from qexp.errors import QexpError, one_line
 
 # removed commands -> what to use instead
 REMOVED = {
@@ -56,7 +56,7 @@ def _usage() -> str:
 
 
 def fail(message: str, code: int = 2) -> None:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     sys.exit(code)
 
 

@@ -1,6 +1,12 @@
 """User-facing errors: one line that names the problem and the fix."""
 
 
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` (a message or an exception) on one line, whitespace collapsed, cut at ``limit``."""
+    line = " ".join(str(text).split())
+    return line if limit is None else line[:limit]
+
+
 class QexpError(Exception):
     """An error caused by the user's input (config, data, files), reported as one line.
 
@@ -10,7 +16,7 @@ class QexpError(Exception):
     exit_code = 2
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))  # force a single line
+        super().__init__(one_line(message))  # force a single line
 
 
 class NumericalError(QexpError):
@@ -27,7 +33,7 @@ class JobFailed(Exception):
     """
 
     def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(" ".join(str(message).split()), exit_code)
+        super().__init__(one_line(message), exit_code)
 
     def __str__(self) -> str:
         return self.args[0]

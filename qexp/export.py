@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from qexp.config import check_targets, fingerprint_diff, fingerprint_keys, same_experiment
 from qexp.engine.checkpoint import latest_valid
-from qexp.errors import QexpError
+from qexp.errors import QexpError, one_line
 from qexp.quant.base import apply_quantization, make_quantizer, quantizer_kwargs
 from qexp.report.memory import decode_export, export_packed, export_payload_bytes
 from qexp.report.store import RECORD, atomic_write_bytes, read_record
@@ -52,7 +52,7 @@ def _build_model(source: str, config: Any, model_kwargs: Any) -> tuple[Any, torc
     try:
         return cfg, instantiate(cfg.model, **model_kwargs, _convert_="all")
     except Exception as exc:  # noqa: BLE001
-        raise QexpError(f"{source}: its model cannot be built ({' '.join(str(exc).split())[:200]})") from None
+        raise QexpError(f"{source}: its model cannot be built ({one_line(exc, 200)})") from None
 
 
 def _load_weights(model: torch.nn.Module, state: Any, source: str) -> None:
@@ -60,7 +60,7 @@ def _load_weights(model: torch.nn.Module, state: Any, source: str) -> None:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError, AttributeError) as exc:
         raise QexpError(f"{source}: its weights do not fit the model its config describes "
-                        f"({' '.join(str(exc).split())[:200]})") from None
+                        f"({one_line(exc, 200)})") from None
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
@@ -97,7 +97,7 @@ def load_exported(path: str | Path) -> torch.nn.Module:
         export = torch.load(path, map_location="cpu", weights_only=True)  # data only: never runs code
     except Exception as exc:  # noqa: BLE001
         raise QexpError(f"{path} is not a readable qexp export ({type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:160]})") from None
+                        f"{one_line(exc, 160)})") from None
     if not isinstance(export, dict):
         raise QexpError(f"{path} is not a qexp export")
     cfg, model = _build_model(str(path), export.get("config"), export.get("model_kwargs"))
@@ -105,7 +105,7 @@ def load_exported(path: str | Path) -> torch.nn.Module:
     try:
         state = decode_export(export, quantizer_factory(quant))
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise QexpError(f"{path} cannot be decoded ({' '.join(str(exc).split())[:160]})") from None
+        raise QexpError(f"{path} cannot be decoded ({one_line(exc, 160)})") from None
     _load_weights(model, state, str(path))
     return model
 

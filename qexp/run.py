@@ -26,7 +26,7 @@ from qexp.config import fingerprint, fingerprint_diff, fingerprint_keys, validat
 from qexp.data.bundle import DataBundle
 from qexp.engine.init import initialise
 from qexp.engine.trainer import Dist, Preempted, Requeued, Trainer, seed_everything
-from qexp.errors import QexpError
+from qexp.errors import QexpError, one_line
 from qexp.launch import slurm_dist_env
 from qexp.lock import RunLock
 from qexp.quant.base import QuantHandle, apply_quantization
@@ -56,7 +56,7 @@ def build_data(cfg: DictConfig) -> DataBundle:
         cause = exc.__cause__ if isinstance(exc.__cause__, QexpError) else None
         if cause is not None:
             raise cause from None
-        raise QexpError(f"dataset: cannot build {target}: {' '.join(str(exc).split())}") from None
+        raise QexpError(f"dataset: cannot build {target}: {one_line(exc)}") from None
     if hasattr(bundle.task, "label_smoothing"):
         bundle.task.label_smoothing = float(cfg.trainer.label_smoothing)
     return bundle
@@ -74,7 +74,7 @@ def build_model(cfg: DictConfig, bundle: DataBundle) -> torch.nn.Module:
             raise exc.__cause__ from None
         raise QexpError(
             f"model {cfg.model.get('_target_')} cannot be built for this dataset "
-            f"({bundle.info.get('name', '?')}): {' '.join(str(exc.__cause__ or exc).split())}"
+            f"({bundle.info.get('name', '?')}): {one_line(exc.__cause__ or exc)}"
         ) from None
 
 

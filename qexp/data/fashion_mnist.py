@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from qexp.data.bundle import DataBundle
-from qexp.errors import QexpError
+from qexp.errors import QexpError, one_line
 from qexp.tasks.classification import Classification
 
 PACKAGE = "dataset-fashion-mnist"
@@ -87,7 +87,7 @@ def read_idx(path: Path, magic: int) -> tuple[np.ndarray, str]:
         raw = path.read_bytes()
         data = gzip.decompress(raw) if path.suffix == ".gz" else raw
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; truncation an EOFError
-        raise QexpError(f"{path}: cannot be read as gzip ({' '.join(str(exc).split())}); the file is corrupt "
+        raise QexpError(f"{path}: cannot be read as gzip ({one_line(exc)}); the file is corrupt "
                         f"or truncated: reinstall {PACKAGE}") from None
     if len(data) < 8 or int.from_bytes(data[:4], "big") != magic:
         found = f"0x{int.from_bytes(data[:4], 'big'):08x}" if len(data) >= 4 else "no header"

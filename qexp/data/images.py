@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, Subset
 
 from qexp.data.bundle import DataBundle
 from qexp.data.embedded import stratified_split
-from qexp.errors import QexpError
+from qexp.errors import QexpError, one_line
 from qexp.tasks.classification import Classification
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -210,7 +210,7 @@ def imagenet(seed: int = 0, root: str | None = None, val_fraction: float = 0.01,
         full = ImageFolder(str(path / "train"), transform=train_tf)
         test = ImageFolder(str(path / "val"), transform=eval_tf)
     except (FileNotFoundError, RuntimeError) as exc:
-        raise QexpError(f"dataset.root={root}: {' '.join(str(exc).split())}; {layout}") from None
+        raise QexpError(f"dataset.root={root}: {one_line(exc)}; {layout}") from None
     if test.class_to_idx != full.class_to_idx:
         raise QexpError(f"dataset.root={root}: train/ and val/ have different class folders; {layout}")
     tr, va = _val_split(np.asarray(full.targets), val_fraction, seed if split_seed is None else split_seed)

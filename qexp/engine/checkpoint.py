@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qexp.errors import one_line
 from qexp.report.store import atomic_write_bytes, disk_error
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - refused (not plain data) or damaged
-        first = " ".join(str(exc).split())[:200]
+        first = one_line(exc, 200)
         raise CorruptCheckpoint(f"{path}: not a plain-data checkpoint, refused ({first})") from None
     if not isinstance(state, dict):
         raise CorruptCheckpoint(f"{path}: not a qexp checkpoint (payload is a {type(state).__name__})")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from qexp.engine.checkpoint import MAGIC, CorruptCheckpoint, load_checkpoint
-from qexp.errors import QexpError
+from qexp.errors import QexpError, one_line
 from qexp.quant.base import plain_keys
 from qexp.report.store import RECORD, STATUS, read_record
 
@@ -141,7 +141,7 @@ def read_source(path: Path) -> InitSource:
         try:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - truncated, corrupt, or not weights-only data
-            reason = " ".join(str(exc).split())[:160]
+            reason = one_line(exc, 160)
             raise QexpError(f"trainer.init_from={path}: not a readable state_dict or qexp checkpoint ({reason})") from None
         state = _tensor_dict(obj)
         if state is None and isinstance(obj, dict):  # {"state_dict": {...}} / {"model": {...}} wrappers

@@ -29,7 +29,7 @@ from qexp.data.bundle import DataBundle
 from qexp.engine import checkpoint as ckpt
 from qexp.engine.logging import Logger
 from qexp.engine.sampling import ResumableSampler
-from qexp.errors import NumericalError, QexpError
+from qexp.errors import NumericalError, QexpError, one_line
 from qexp.quant.base import QuantHandle
 from qexp.report.memory import measure_memory
 from qexp.report.store import write_status
@@ -348,7 +348,7 @@ class Trainer:
             set_rng_state(resumed["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
             raise QexpError(f"checkpoint {resumed['_path']} does not fit this run "
-                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                            f"({type(exc).__name__}: {one_line(exc, 200)}); "
                             f"use trainer.resume=never to start over in a fresh sub-folder") from None
         log.info("resumed from %s at epoch %d step %d", resumed["_path"], state["epoch"], state["step_in_epoch"])
         self._status(epoch=state["epoch"], step=state["global_step"], stage=state["stage"], resumed=True)
@@ -561,7 +561,7 @@ class Trainer:
                 raise ckpt.CorruptCheckpoint(f"{path}: its weights do not fit this model")
             return weights
         except (ckpt.CorruptCheckpoint, KeyError, TypeError, AttributeError) as exc:
-            self.best_lost = " ".join(str(exc).split())[:300]
+            self.best_lost = one_line(exc, 300)
             log.warning("best checkpoint lost (%s); the best-val result is the last weights' instead", self.best_lost)
             return None
 

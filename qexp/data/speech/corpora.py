@@ -17,7 +17,7 @@ from qexp.data.bundle import DataBundle
 from qexp.data.speech.features import FeatureConfig, FeatureExtractor, MissingDecoder, read_audio
 from qexp.data.speech.grammar import SLOT_NAMES
 from qexp.data.speech.splits import SpeechSplit, cached_splits, content_hash, make_bundle
-from qexp.errors import QexpError
+from qexp.errors import QexpError, one_line
 
 log = logging.getLogger("qexp")
 
@@ -50,7 +50,7 @@ def load_items(name: str, items: Sequence[AudioItem], extractor: FeatureExtracto
             raise
         except Exception as exc:  # noqa: BLE001 - any unreadable file
             if on_bad_file == "fail":
-                raise QexpError(f"dataset={name}: cannot read {it.path} ({' '.join(str(exc).split())}); "
+                raise QexpError(f"dataset={name}: cannot read {it.path} ({one_line(exc)}); "
                                 f"fix or remove it, or set dataset.on_bad_file=skip") from None
             skipped["unreadable"] += 1
             log.warning("dataset=%s: skipping unreadable %s (%s)", name, it.path, exc)
