@@ -57,14 +57,14 @@ def _restore_logging():
         return [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
                                        if isinstance(lg, logging.Logger))]
 
-    def pytests(handlers):
-        return [h for h in handlers if type(h).__module__.startswith("_pytest")]
+    def from_pytest(handler):
+        return type(handler).__module__.startswith("_pytest")
 
-    saved = {lg: ([h for h in lg.handlers if h not in pytests(lg.handlers)], lg.level, lg.propagate, lg.disabled)
+    saved = {lg: ([h for h in lg.handlers if not from_pytest(h)], lg.level, lg.propagate, lg.disabled)
              for lg in loggers()}
     yield
     for lg in loggers():
         handlers, level, propagate, disabled = saved.get(lg, ([], logging.NOTSET, True, False))
-        lg.handlers[:] = handlers + pytests(lg.handlers)
+        lg.handlers[:] = handlers + [h for h in lg.handlers if from_pytest(h)]
         lg.setLevel(level)
         lg.propagate, lg.disabled = propagate, disabled
